@@ -1,0 +1,100 @@
+"""Weights I/O: one loader for Apple's `depth_pro.pt`, `.safetensors` and Lightning `.ckpt` files.
+
+Every file is read with `weights_only=True` (no pickled code runs) and loaded
+strictly by default; a file that does not fit raises one ValueError naming the
+file and the first missing, unexpected and mis-shaped tensors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+LIGHTNING_PREFIX = "net."
+"""Attribute under which the LightningModules keep the network (prefix of .ckpt keys)."""
+
+_SHOWN = 3  # offending keys shown per category in an error message
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a flat tensor dict from .safetensors, a torch state dict, or a Lightning .ckpt."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj = load_file(str(path))
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any reader failure means the same thing to the user
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ValueError(f"cannot read weights file {path}: {type(err).__name__}: {first_line}") from None
+    return _network_tensors(obj, path)
+
+
+def _network_tensors(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    """Return the network's tensors from a loaded object (plain state dict or Lightning checkpoint)."""
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = {
+            key[len(LIGHTNING_PREFIX) :]: value
+            for key, value in obj["state_dict"].items()
+            if key.startswith(LIGHTNING_PREFIX)
+        }
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path} holds no state dict of tensors (found {type(obj).__name__})")
+    return obj
+
+
+def _shortlist(keys: list[str]) -> str:
+    """Show the first few keys, and how many more there are."""
+    shown = ", ".join(keys[:_SHOWN])
+    return shown + (f" (+{len(keys) - _SHOWN} more)" if len(keys) > _SHOWN else "")
+
+
+def check_state_dict_fits(model: nn.Module, state: dict[str, torch.Tensor], source: str, strict: bool = True) -> None:
+    """Raise one ValueError naming `source` when `state` does not fit `model`.
+
+    Shape mismatches always count; missing and unexpected keys only when `strict`.
+    """
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k} {list(state[k].shape)} vs model {list(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    problems = []
+    if strict and missing:
+        problems.append(f"{len(missing)} missing: {_shortlist(missing)}")
+    if strict and unexpected:
+        problems.append(f"{len(unexpected)} unexpected: {_shortlist(unexpected)}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatches: {_shortlist(mismatched)}")
+    if problems:
+        raise ValueError(f"{source} does not fit the model: " + "; ".join(problems))
+
+
+def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> None:
+    """Load network weights from `path` into `model` (any supported format), strict by default."""
+    state = read_state_dict(path)
+    check_state_dict_fits(model, state, str(path), strict=strict)
+    model.load_state_dict(state, strict=strict)
+
+
+def save_weights(model: nn.Module, path: str | Path) -> None:
+    """Write the network's state dict as .safetensors or a torch file, atomically (temp + rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(tmp))
+    else:
+        torch.save(state, tmp)
+    tmp.replace(path)
