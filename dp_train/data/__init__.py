@@ -1,0 +1,1 @@
+"""Training data: the webdataset shard schema (`schema`) and dataset conversion (`convert`)."""

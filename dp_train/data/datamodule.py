@@ -1,0 +1,138 @@
+"""The LightningDataModule that streams weighted shard mixtures to every rank."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from dp_train.data.augment import AugmentConfig, EvalTransform, TrainTransform
+from dp_train.data.stream import SourceConfig, TrainStream, ValStream, normalize_images
+
+
+class EpochLoader(DataLoader):
+    """A DataLoader over a stream that tells the stream which epoch starts before workers are created."""
+
+    def __init__(self, dataset, epoch_fn: Callable[[], int] | None = None, **kwargs) -> None:
+        super().__init__(dataset, batch_size=None, **kwargs)
+        self._epoch_fn = epoch_fn
+        self._next_epoch = 0
+
+    def __iter__(self) -> Iterator:
+        if self._epoch_fn is not None:
+            self.dataset.epoch = self._epoch_fn()
+        else:
+            self.dataset.epoch, self._next_epoch = self._next_epoch, self._next_epoch + 1
+        return super().__iter__()
+
+
+class DepthDataModule(L.LightningDataModule):
+    """Train and validation streams of Depth Pro samples from WebDataset shards, configured from a recipe.
+
+    Args:
+        train_sources: datasets mixed for training, sample by sample, by weight.
+        val_sources: datasets read once, in full, for validation.
+        image_size: network input side (4 x the ViT input).
+        batch_size: per-rank batch size.
+        samples_per_epoch: samples in one training epoch over all ranks.
+        num_workers: dataloader workers per rank.
+        worker_start_method: multiprocessing start method of the workers (None: platform default).
+        augment: training augmentation settings.
+        shuffle_buffer: raw records per source shuffled in each worker.
+        seed: seeds every shuffle, mixture draw and augmentation.
+        max_bad_fraction: a source failing more often than this stops the run.
+    """
+
+    def __init__(
+        self,
+        train_sources: list[SourceConfig] | None = None,
+        val_sources: list[SourceConfig] | None = None,
+        image_size: int = 1536,
+        batch_size: int = 1,
+        val_batch_size: int | None = None,
+        samples_per_epoch: int = 10_000,
+        num_workers: int = 4,
+        worker_start_method: str | None = None,
+        augment: AugmentConfig | None = None,
+        shuffle_buffer: int = 32,
+        seed: int = 0,
+        max_bad_fraction: float = 0.05,
+        pin_memory: bool = True,
+    ) -> None:
+        super().__init__()
+        self.train_sources = list(train_sources or [])
+        self.val_sources = list(val_sources or [])
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size or batch_size
+        self.samples_per_epoch = samples_per_epoch
+        self.num_workers = num_workers
+        self.worker_start_method = worker_start_method
+        self.augment = augment or AugmentConfig()
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        self.max_bad_fraction = max_bad_fraction
+        self.pin_memory = pin_memory
+        self.train_stream: TrainStream | None = None
+        self.val_stream: ValStream | None = None
+
+    def _distribution(self) -> tuple[int, int]:
+        """(rank, world size) of this process, from the trainer when attached."""
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the streams and hand them this process's rank (workers must not look it up)."""
+        rank, world_size = self._distribution()
+        common = {"seed": self.seed, "max_bad_fraction": self.max_bad_fraction}
+        if self.train_sources and self.train_stream is None:
+            self.train_stream = TrainStream(
+                self.train_sources, TrainTransform(self.image_size, self.augment), self.batch_size,
+                self.samples_per_epoch,
+                shuffle_buffer=self.shuffle_buffer, **common,
+            )
+        if self.val_sources and self.val_stream is None:
+            self.val_stream = ValStream(self.val_sources, EvalTransform(self.image_size), self.val_batch_size, **common)
+        for stream in (self.train_stream, self.val_stream):
+            if stream is not None:
+                stream.set_distributed(rank, world_size)
+
+    def _loader(self, stream, epoch_fn: Callable[[], int] | None = None) -> EpochLoader:
+        workers = self.num_workers
+        return EpochLoader(
+            stream,
+            epoch_fn=epoch_fn,
+            num_workers=workers,
+            multiprocessing_context=self.worker_start_method if workers > 0 else None,
+            pin_memory=self.pin_memory,
+            persistent_workers=False,
+            prefetch_factor=2 if workers > 0 else None,
+        )
+
+    def train_dataloader(self) -> EpochLoader:
+        """Endless weighted mixture, a fixed number of batches per epoch on every rank."""
+        if self.train_stream is None:
+            raise ValueError("the recipe has no data.train_sources")
+        trainer = self.trainer
+        return self._loader(self.train_stream, (lambda: trainer.current_epoch) if trainer is not None else None)
+
+    def val_dataloader(self) -> EpochLoader | list:
+        """Every validation sample exactly once across ranks and workers (empty without val sources)."""
+        return self._loader(self.val_stream) if self.val_stream is not None else []
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Normalise uint8 images to [-1, 1] on the device."""
+        return normalize_images(batch)
+
+    def source_names(self, split: str = "train") -> list[str]:
+        """Names of the sources in batch `source` id order."""
+        return [s.name for s in (self.train_sources if split == "train" else self.val_sources)]
+
+    def set_mixture_schedule(self, schedule: list[tuple[int, dict[str, float]]]) -> None:
+        """Set (first global batch, {source name: weight}) phases; unnamed sources get weight 0."""
+        names = self.source_names("train")
+        unknown = {n for _, weights in schedule for n in weights} - set(names)
+        if unknown:
+            raise ValueError(f"mixture names unknown sources {sorted(unknown)}; sources are {names}")
+        self.train_stream.set_schedule([(start, [w.get(n, 0.0) for n in names]) for start, w in schedule])

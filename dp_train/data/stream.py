@@ -1,0 +1,351 @@
+"""Streaming WebDataset shards to DDP ranks and dataloader workers.
+
+Data flows shards -> raw records -> decoded `Sample`s -> augmented `View`s ->
+collated batches. Rank and world size are attributes set in the main process
+(never looked up inside workers, where spawn/forkserver workers would see a
+world size of 1); the worker id comes from `torch.utils.data.get_worker_info`.
+
+Training is an endless, weighted, sample-by-sample mixture of sources with a
+fixed number of batches per epoch on every rank. Validation reads every sample
+exactly once across all ranks and workers. Bad data is skipped, counted per
+source and reported with each batch; a source whose failure share exceeds
+`max_bad_fraction` stops the run with one error naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import webdataset as wds
+from braceexpand import braceexpand
+from torch.utils.data import IterableDataset, get_worker_info
+
+from dp_train.data.augment import View
+from dp_train.data.schema import Sample, decode_sample
+
+log = logging.getLogger(__name__)
+
+
+class DataError(RuntimeError):
+    """A source fails too often to train on."""
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """One dataset in a recipe: its shards, mixing weight and flags.
+
+    Flags left as None are taken from each sample's json; set ones override it.
+    """
+
+    name: str
+    urls: str | list[str]
+    """Shard URL(s): local paths or anything webdataset opens, brace patterns allowed."""
+    weight: float = 1.0
+    metric: bool | None = None
+    synthetic: bool | None = None
+    sparse: bool | None = None
+
+    def shard_urls(self) -> list[str]:
+        """Every shard URL, brace patterns expanded, in a stable order."""
+        patterns = [self.urls] if isinstance(self.urls, str) else list(self.urls)
+        urls = [url for pattern in patterns for url in braceexpand(pattern)]
+        if not urls:
+            raise ValueError(f"source {self.name!r} has no shard URLs")
+        return urls
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where this iterator runs: the global worker index among all ranks' workers."""
+
+    rank: int
+    world_size: int
+    worker: int
+    num_workers: int
+
+    @property
+    def index(self) -> int:
+        """Global worker index in [0, world_size * num_workers)."""
+        return self.rank * self.num_workers + self.worker
+
+    @property
+    def total(self) -> int:
+        """Number of workers across all ranks."""
+        return self.world_size * self.num_workers
+
+
+def current_placement(rank: int, world_size: int) -> Placement:
+    """Combine the main process's rank with this worker's id (worker 0 of 1 without workers)."""
+    info = get_worker_info()
+    worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+    return Placement(rank, world_size, worker, num_workers)
+
+
+def assign_shards(urls: list[str], place: Placement, order_seed: int | None) -> tuple[list[str], int, int]:
+    """This worker's share of `urls` as (shards to read, sample stride, sample offset).
+
+    With at least one shard per worker, shards are dealt round-robin (after an
+    optional seeded shuffle) and every sample of them is kept. With fewer
+    shards than workers, every worker reads all shards and keeps every
+    `total`-th sample, so no worker is idle and no sample is read twice.
+    """
+    order = list(urls)
+    if order_seed is not None:
+        np.random.default_rng(order_seed).shuffle(order)
+    if len(order) >= place.total:
+        return order[place.index :: place.total], 1, 0
+    return order, place.total, place.index
+
+
+@dataclass
+class SourceHealth:
+    """Per-source counts of records read and records/shards that failed."""
+
+    name: str
+    max_bad_fraction: float
+    min_records: int
+    seen: int = 0
+    bad: int = 0
+    unreported: int = 0
+    last_warning: float = field(default=0.0)
+
+    def record_ok(self) -> None:
+        """Count one good record."""
+        self.seen += 1
+
+    def record_bad(self, reason: str) -> None:
+        """Count one bad record or shard, warn (rate-limited), and stop if the source is mostly broken."""
+        self.seen += 1
+        self.bad += 1
+        self.unreported += 1
+        now = time.monotonic()
+        if self.bad <= 3 or now - self.last_warning > 60:
+            log.warning("skipping bad data in source %r (%d so far): %s", self.name, self.bad, reason)
+            self.last_warning = now
+        if self.seen >= self.min_records and self.bad > self.max_bad_fraction * self.seen:
+            raise DataError(
+                f"source {self.name!r}: {self.bad} of {self.seen} records failed "
+                f"(more than {self.max_bad_fraction:.0%}); last: {reason}"
+            )
+
+    def take_unreported(self) -> int:
+        """Bad records since the previous call (reported once with a batch)."""
+        count, self.unreported = self.unreported, 0
+        return count
+
+
+def raw_records(shards: list[str], stride: int, offset: int, health: SourceHealth) -> Iterator[dict]:
+    """Raw webdataset records of `shards`, keeping every `stride`-th from `offset`.
+
+    A shard that cannot be opened or is cut short counts as one bad record
+    (webdataset may report the same broken stream at several levels).
+    """
+    for url in shards:
+        failed: list[Exception] = []
+
+        def on_error(err: Exception) -> bool:
+            if not failed:
+                health.record_bad(f"shard {url}: {type(err).__name__}: {err.args[0] if err.args else err}")
+            failed.append(err)
+            return True
+
+        records = wds.tariterators.tarfile_samples([{"url": url}], handler=on_error)
+        for index, record in enumerate(records):
+            if index % stride == offset:
+                yield record
+
+
+def shuffled(records: Iterator[dict], buffer: int, rng: np.random.Generator) -> Iterator[dict]:
+    """Shuffle a stream through a buffer of `buffer` raw (still compressed) records."""
+    pool: list[dict] = []
+    for record in records:
+        pool.append(record)
+        if len(pool) >= buffer:
+            yield pool.pop(int(rng.integers(len(pool))))
+    rng.shuffle(pool)
+    yield from pool
+
+
+def decoded(records: Iterator[dict], source: SourceConfig, health: SourceHealth) -> Iterator[Sample]:
+    """Decode and validate records; bad ones are counted and skipped, never trained on."""
+    for record in records:
+        try:
+            sample = apply_flags(decode_sample(record), source)
+        except Exception as err:  # noqa: BLE001 - any decode failure is one bad record
+            health.record_bad(f"{record.get('__key__', '?')} in {record.get('__url__', '?')}: {err}")
+            continue
+        health.record_ok()
+        yield sample
+
+
+def apply_flags(sample: Sample, source: SourceConfig) -> Sample:
+    """Override the sample's flags with the source's; refuse metric samples without a focal length."""
+    meta = sample.meta
+    changes = {k: getattr(source, k) for k in ("metric", "synthetic", "sparse") if getattr(source, k) is not None}
+    if changes:
+        meta = sample.meta = dataclasses.replace(meta, **changes)
+    if meta.metric and not (meta.f_px and meta.f_px > 0):
+        raise ValueError(f"{sample.key}: metric sample without a positive focal length")
+    return sample
+
+
+def collate(views: list[View], sources: list[int], flags: list[Sample], bad_counts: list[int]) -> dict:
+    """Stack views into a batch; images stay uint8 until they reach the device (see `normalize_images`)."""
+    size = views[0].image.shape[0]
+    alpha = [v.alpha if v.alpha is not None else np.zeros((size, size), np.float32) for v in views]
+    return {
+        "key": [s.key for s in flags],
+        "image": torch.from_numpy(np.stack([v.image for v in views])).permute(0, 3, 1, 2).contiguous(),
+        "target": torch.from_numpy(np.stack([v.target for v in views]))[:, None],
+        "valid": torch.from_numpy(np.stack([v.valid for v in views]))[:, None],
+        "alpha": torch.from_numpy(np.stack(alpha))[:, None],
+        "has_alpha": torch.tensor([v.alpha is not None for v in views]),
+        "f_px": torch.tensor([v.f_px for v in views], dtype=torch.float32),
+        "metric": torch.tensor([s.meta.metric for s in flags]),
+        "synthetic": torch.tensor([s.meta.synthetic for s in flags]),
+        "sparse": torch.tensor([s.meta.sparse for s in flags]),
+        "source": torch.tensor(sources, dtype=torch.long),
+        "bad_records": torch.tensor(bad_counts, dtype=torch.long),
+    }
+
+
+def normalize_images(batch: dict) -> dict:
+    """uint8 images -> float in [-1, 1] (done on the device, after transfer, to move 4x fewer bytes)."""
+    if batch["image"].dtype == torch.uint8:
+        batch["image"] = batch["image"].float().div_(127.5).sub_(1.0)
+    return batch
+
+
+def sample_seed(*parts: int) -> int:
+    """A well-mixed 32-bit seed from integer parts (seed, epoch, rank, worker, counter)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+class _StreamBase(IterableDataset):
+    """Common settings of the train and validation streams."""
+
+    def __init__(
+        self,
+        sources: list[SourceConfig],
+        transform,
+        batch_size: int,
+        seed: int = 0,
+        max_bad_fraction: float = 0.05,
+        min_records_for_guard: int = 50,
+    ) -> None:
+        super().__init__()
+        if not sources:
+            raise ValueError("no data sources configured")
+        self.sources = list(sources)
+        self.transform = transform
+        self.batch_size = batch_size
+        self.seed = seed
+        self.max_bad_fraction = max_bad_fraction
+        self.min_records_for_guard = min_records_for_guard
+        self.rank, self.world_size, self.epoch = 0, 1, 0
+
+    def set_distributed(self, rank: int, world_size: int) -> None:
+        """Record this process's rank; called in the main process before workers start."""
+        self.rank, self.world_size = rank, world_size
+
+    def _health(self) -> list[SourceHealth]:
+        return [SourceHealth(s.name, self.max_bad_fraction, self.min_records_for_guard) for s in self.sources]
+
+    def _batch(self, samples: list[tuple[int, Sample]], health: list[SourceHealth], seeds: list[int]) -> dict:
+        views = [self.transform(sample, seed) for (_, sample), seed in zip(samples, seeds)]
+        return collate(views, [i for i, _ in samples], [s for _, s in samples], [h.take_unreported() for h in health])
+
+
+class TrainStream(_StreamBase):
+    """Endless weighted mixture of sources; the same number of batches on every rank each epoch."""
+
+    def __init__(self, sources: list[SourceConfig], transform, batch_size: int, samples_per_epoch: int,
+                 shuffle_buffer: int = 32, **kwargs) -> None:
+        super().__init__(sources, transform, batch_size, **kwargs)
+        self.samples_per_epoch = samples_per_epoch
+        self.shuffle_buffer = shuffle_buffer
+        self.set_weights([s.weight for s in self.sources])
+
+    def set_weights(self, weights: list[float]) -> None:
+        """Use one mixture for the whole run."""
+        self.set_schedule([(0, weights)])
+
+    def set_schedule(self, schedule: list[tuple[int, list[float]]]) -> None:
+        """Mixture per training phase: (first global batch index, source weights), ascending.
+
+        Workers pick the weights from the global batch index themselves, so a
+        curriculum switch lands on the exact batch, also after a resume.
+        """
+        parsed = []
+        for start, weights in sorted(schedule, key=lambda item: item[0]):
+            weights = np.asarray(weights, dtype=np.float64)
+            if weights.shape != (len(self.sources),) or (weights < 0).any() or weights.sum() <= 0:
+                raise ValueError(f"mixing weights {weights.tolist()} must be {len(self.sources)} non-negative numbers")
+            parsed.append((int(start), weights / weights.sum()))
+        if not parsed or parsed[0][0] != 0:
+            raise ValueError("a mixture schedule must start at batch 0")
+        self.schedule = parsed
+
+    def weights_at(self, global_batch: int) -> np.ndarray:
+        """Normalised source weights in force at a global batch index."""
+        return [weights for start, weights in self.schedule if start <= global_batch][-1]
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Batches per rank per epoch: the epoch's samples shared by all ranks (at least one)."""
+        return max(1, self.samples_per_epoch // (self.batch_size * self.world_size))
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def _endless(self, index: int, place: Placement, health: SourceHealth) -> Iterator[Sample]:
+        """Pass after pass over one source's shards (each pass reshuffled); no repeat within a pass."""
+        source = self.sources[index]
+        for pass_index in range(1 << 62):
+            pass_seed = sample_seed(self.seed, self.epoch, index, pass_index)
+            shards, stride, offset = assign_shards(source.shard_urls(), place, pass_seed)
+            rng = np.random.default_rng(sample_seed(pass_seed, place.index))
+            records = shuffled(raw_records(shards, stride, offset, health), self.shuffle_buffer, rng)
+            produced = False
+            for sample in decoded(records, source, health):
+                produced = True
+                yield sample
+            if not produced:
+                raise DataError(f"source {source.name!r}: no readable sample in its shards for worker {place.index}")
+
+    def __iter__(self) -> Iterator[dict]:
+        place = current_placement(self.rank, self.world_size)
+        health = self._health()
+        streams = [self._endless(i, place, health[i]) for i in range(len(self.sources))]
+        rng = np.random.default_rng(sample_seed(self.seed, self.epoch, place.index))
+        my_batches = range(place.worker, self.batches_per_epoch, place.num_workers)
+        for batch_index in my_batches:
+            weights = self.weights_at(self.epoch * self.batches_per_epoch + batch_index)
+            picks = rng.choice(len(self.sources), size=self.batch_size, p=weights)
+            samples = [(int(i), next(streams[i])) for i in picks]
+            seeds = [sample_seed(self.seed, self.epoch, self.rank, batch_index, k) for k in range(self.batch_size)]
+            yield self._batch(samples, health, seeds)
+
+
+class ValStream(_StreamBase):
+    """Every validation sample exactly once across all ranks and workers, in a fixed order."""
+
+    def __iter__(self) -> Iterator[dict]:
+        place = current_placement(self.rank, self.world_size)
+        health = self._health()
+        for index, source in enumerate(self.sources):
+            shards, stride, offset = assign_shards(source.shard_urls(), place, order_seed=None)
+            pending: list[tuple[int, Sample]] = []
+            for sample in decoded(raw_records(shards, stride, offset, health[index]), source, health[index]):
+                pending.append((index, sample))
+                if len(pending) == self.batch_size:
+                    yield self._batch(pending, health, [0] * len(pending))
+                    pending = []
+            if pending:
+                yield self._batch(pending, health, [0] * len(pending))

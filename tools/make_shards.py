@@ -1,0 +1,16 @@
+#!/usr/bin/env python
+"""Convert a folder of images + depth maps into dp_train webdataset shards.
+
+Example:
+    python tools/make_shards.py --images data/rgb --depth data/depth --units mm \\
+        --f-px 1450 --dataset indoor_v1 --out shards/indoor_v1
+
+See `--help`, dp_train/data/convert.py and shards/README.md.
+"""
+
+import sys
+
+from dp_train.data.convert import main
+
+if __name__ == "__main__":
+    sys.exit(main())
