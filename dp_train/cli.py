@@ -1,4 +1,10 @@
-"""Command line: `python -m dp_train <subcommand>` (also installed as `dp-train`)."""
+"""Command line: `python -m dp_train <subcommand>` (also installed as `dp-train`).
+
+`fit`, `validate` and `test` run through LightningCLI, configured by recipe
+YAML files (`--recipe`, repeatable, later files override earlier) and dotted
+overrides (`--trainer.max_steps=100 --model.lr_decoder=1e-4`). `predict` and
+`export` are plain commands.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +12,82 @@ import argparse
 import importlib
 import sys
 
+from jsonargparse import ActionConfigFile, lazy_instance
+from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import WandbLogger
+
+LIGHTNING_COMMANDS: dict[str, str] = {
+    "fit": "train from a recipe (--recipe FILE.yaml, repeatable; dotted overrides)",
+    "validate": "run the validation set of a recipe on a checkpoint (--ckpt_path)",
+    "test": "evaluate a checkpoint on a recipe's evaluation sets (--ckpt_path)",
+}
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("dp_train.predict", "metric depth and focal length for images with trained weights"),
+    "export": ("dp_train.export", "write a training checkpoint's network as Apple-layout .pt or .safetensors"),
 }
-"""Subcommand name -> (module providing `add_arguments(parser)` and `run(args) -> int`, help line)."""
+"""Plain subcommands: name -> (module providing `add_arguments(parser)` and `run(args) -> int`, help line)."""
+
+TRAINER_DEFAULTS = {
+    "logger": lazy_instance(WandbLogger, project="dp_train", save_dir="runs"),
+    "callbacks": [lazy_instance(RichProgressBar)],
+}
+"""Used where a recipe sets no logger / callbacks: wandb (honours WANDB_MODE) and the rich progress bar."""
+
+
+class DepthProCLI(LightningCLI):
+    """LightningCLI with `--recipe` as the config-file flag and validation reports around `fit`."""
+
+    def init_parser(self, **kwargs) -> LightningArgumentParser:
+        """Every subcommand's parser, with `--recipe` (alias `-c`) as its config-file flag."""
+        parser = self.parser_class(**kwargs)
+        parser.add_argument(
+            "-c", "--recipe", action=ActionConfigFile, help="recipe YAML; repeatable, later files override earlier ones"
+        )
+        return parser
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Options of our own next to the trainer/model/data groups."""
+        parser.add_argument(
+            "--report_validation", type=bool, default=False,
+            help="fit: run and print the full validation before and after training",
+        )
+
+    def _report(self) -> None:
+        if self.subcommand == "fit" and self.config.fit.report_validation:
+            self.trainer.validate(self.model, datamodule=self.datamodule)
+
+    def before_fit(self) -> None:
+        """Validation metrics of the starting weights (with --report_validation)."""
+        self._report()
+
+    def after_fit(self) -> None:
+        """Validation metrics of the trained weights (with --report_validation)."""
+        self._report()
+
+
+def run_lightning(argv: list[str]) -> int:
+    """Run a LightningCLI subcommand (`fit`, `validate`, `test`) with the given arguments."""
+    from dp_train.data.datamodule import DepthDataModule
+    from dp_train.module import DepthProModule
+
+    DepthProCLI(
+        DepthProModule,
+        DepthDataModule,
+        args=argv,
+        trainer_defaults=TRAINER_DEFAULTS,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"prog": "dp_train"},
+    )
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with one sub-parser per subcommand."""
+    """The top-level parser: one sub-parser per subcommand (Lightning ones only listed here)."""
     parser = argparse.ArgumentParser(prog="dp_train", description="Train, evaluate and run Depth Pro.")
     subparsers = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
+    for name, help_line in LIGHTNING_COMMANDS.items():
+        subparsers.add_parser(name, help=f"{help_line}; see `dp_train {name} --help`", add_help=False)
     for name, (module_name, help_line) in SUBCOMMANDS.items():
         sub = subparsers.add_parser(name, help=help_line, description=help_line)
         importlib.import_module(module_name).add_arguments(sub)
@@ -24,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse `argv` and run the chosen subcommand; returns the process exit code."""
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in LIGHTNING_COMMANDS:
+        return run_lightning(argv)
+    args = build_parser().parse_args(argv)
     module_name = SUBCOMMANDS[args.command][0]
     return importlib.import_module(module_name).run(args)

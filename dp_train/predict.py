@@ -21,6 +21,7 @@ from PIL import Image, ImageOps
 
 from dp_train.model import PRESETS, DepthPro, DepthProConfig, build_depth_pro, read_state_dict
 from dp_train.model.weights import check_state_dict_fits
+from dp_train.visualize import colorize_inverse_depth
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 """File name endings (compared lower-case) taken as images when scanning a directory."""
@@ -31,22 +32,6 @@ EXIF_IFD = 0x8769
 """Pointer to the Exif sub-IFD, where cameras put `FocalLengthIn35mmFilm`."""
 FOCAL_35MM_TAG = 0xA405
 FULL_FRAME_DIAGONAL_MM = math.hypot(36.0, 24.0)
-
-# Anchor colours of a turbo-like perceptual map, dark blue (far) -> dark red (near).
-_COLORMAP_ANCHORS = np.array(
-    [
-        [48, 18, 59],
-        [67, 97, 223],
-        [41, 170, 240],
-        [36, 226, 172],
-        [126, 254, 85],
-        [213, 226, 53],
-        [253, 158, 42],
-        [225, 69, 11],
-        [122, 4, 3],
-    ],
-    dtype=np.float64,
-)
 
 EXIT_OK, EXIT_ALL_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -273,30 +258,6 @@ def depth_stats(depth: np.ndarray) -> tuple[float, float, float]:
     if finite.size == 0:
         return math.nan, math.nan, math.nan
     return float(finite.min()), float(np.median(finite)), float(finite.max())
-
-
-def colormap_lut(n: int = 256) -> np.ndarray:
-    """An (n, 3) uint8 lookup table interpolating the colormap anchors."""
-    anchors = np.linspace(0.0, 1.0, len(_COLORMAP_ANCHORS))
-    t = np.linspace(0.0, 1.0, n)
-    channels = [np.interp(t, anchors, _COLORMAP_ANCHORS[:, c]) for c in range(3)]
-    return np.clip(np.round(np.stack(channels, axis=1)), 0, 255).astype(np.uint8)
-
-
-_LUT = colormap_lut()
-
-
-def colorize_inverse_depth(depth: np.ndarray, low_pct: float = 2.0, high_pct: float = 98.0) -> np.ndarray:
-    """(H, W) depth -> (H, W, 3) uint8 image of inverse depth, normalised between robust percentiles."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        inverse = np.where(np.isfinite(depth) & (depth > 0), 1.0 / depth, np.nan)
-    valid = inverse[np.isfinite(inverse)]
-    if valid.size == 0:
-        return np.zeros((*depth.shape, 3), dtype=np.uint8)
-    low, high = np.percentile(valid, [low_pct, high_pct])
-    scaled = (inverse - low) / max(high - low, 1e-12)
-    index = np.round(np.clip(np.nan_to_num(scaled, nan=0.0), 0.0, 1.0) * (len(_LUT) - 1)).astype(np.intp)
-    return _LUT[index]
 
 
 def process_image(model: DepthPro, path: Path, stem: Path, f_px: float | None) -> Record:

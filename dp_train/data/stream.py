@@ -27,7 +27,7 @@ from braceexpand import braceexpand
 from torch.utils.data import IterableDataset, get_worker_info
 
 from dp_train.data.augment import View
-from dp_train.data.schema import Sample, decode_sample
+from dp_train.data.schema import Sample, decode_sample, shard_urls
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,8 @@ class SourceConfig:
 
     name: str
     urls: str | list[str]
-    """Shard URL(s): local paths or anything webdataset opens, brace patterns allowed."""
+    """Shard URL(s): local paths or anything webdataset opens, brace patterns allowed, or a
+    local `*.index.json` written with the shards (its shards are read in order)."""
     weight: float = 1.0
     metric: bool | None = None
     synthetic: bool | None = None
@@ -54,7 +55,11 @@ class SourceConfig:
     def shard_urls(self) -> list[str]:
         """Every shard URL, brace patterns expanded, in a stable order."""
         patterns = [self.urls] if isinstance(self.urls, str) else list(self.urls)
-        urls = [url for pattern in patterns for url in braceexpand(pattern)]
+        urls = [
+            url
+            for pattern in patterns
+            for url in (shard_urls(pattern) if pattern.endswith(".index.json") else braceexpand(pattern))
+        ]
         if not urls:
             raise ValueError(f"source {self.name!r} has no shard URLs")
         return urls

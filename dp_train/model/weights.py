@@ -88,9 +88,14 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> Non
 
 def save_weights(model: nn.Module, path: str | Path) -> None:
     """Write the network's state dict as .safetensors or a torch file, atomically (temp + rename)."""
+    save_state_dict(model.state_dict(), path)
+
+
+def save_state_dict(state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Write tensors as .safetensors or a torch file, atomically (temp + rename)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 

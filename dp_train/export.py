@@ -1,0 +1,33 @@
+"""`python -m dp_train export`: a training checkpoint's network as Apple-layout weights."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dp_train.model.weights import read_state_dict, save_state_dict
+
+SUFFIXES = (".pt", ".pth", ".safetensors")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the export command."""
+    parser.add_argument("--ckpt", required=True, type=Path, help="Lightning checkpoint (.ckpt) written by fit")
+    parser.add_argument("--out", required=True, type=Path, help="output file: .pt/.pth (torch) or .safetensors")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write the network's tensors under the reference's names (loadable by Apple's code with strict=True)."""
+    if args.out.suffix not in SUFFIXES:
+        print(f"error: --out {args.out} must end in one of {', '.join(SUFFIXES)}", file=sys.stderr)
+        return 2
+    try:
+        state = read_state_dict(args.ckpt)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_state_dict(state, args.out)
+    print(f"wrote {len(state)} tensors to {args.out}")
+    return 0

@@ -1,0 +1,276 @@
+"""LightningModule that trains Depth Pro: depth objective, optional FOV objective, optimisation, logging."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+from torchmetrics import MetricCollection
+
+from dp_train.losses import LossWeights, depth_objective, fov_objective
+from dp_train.metrics import BoundaryF1, BoundaryRecall, DepthMetrics, FocalMetrics
+from dp_train.model import DepthProConfig, build_depth_pro, load_weights
+from dp_train.visualize import depth_panel
+
+NO_DECAY_NAMES = ("pos_embed", "cls_token", "gamma", "norm", "bias")
+"""Parameters kept out of weight decay: embeddings, layer scales, norms and biases."""
+
+
+class WarmupCosine:
+    """LR multiplier: linear warm-up, then cosine decay to `min_ratio`, restartable at `offset`.
+
+    A callable object (not a closure) so LambdaLR saves `offset` in checkpoints.
+    """
+
+    def __init__(self, warmup_steps: int, total_steps: int, min_ratio: float) -> None:
+        self.warmup_steps = warmup_steps
+        self.total_steps = max(total_steps, 1)
+        self.min_ratio = min_ratio
+        self.offset = 0
+
+    def __call__(self, step: int) -> float:
+        step = step - self.offset
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        span = max(self.total_steps - self.offset - self.warmup_steps, 1)
+        progress = min((step - self.warmup_steps) / span, 1.0)
+        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_network(preset: str, network: dict[str, Any] | None) -> nn.Module:
+    """Build the network from a preset plus field overrides, naming a bad override field in one line."""
+    try:
+        cfg = DepthProConfig.preset(preset, **(network or {}))
+    except TypeError as err:
+        raise ValueError(f"model.network: {err}".replace("DepthProConfig.__init__() ", "")) from None
+    return build_depth_pro(cfg)
+
+
+class DepthProModule(L.LightningModule):
+    """Trains Depth Pro's depth network (`mode="depth"`) or its FOV head with the rest frozen (`mode="fov"`).
+
+    Args:
+        preset: network preset (`depth_pro_l`, `base`, `small`, `tiny`).
+        network: overrides of preset fields, e.g. `{vit_img_size: 128, dinov2_weights: dinov2.pth}`.
+        init_from: weights to start from: Apple's `depth_pro.pt`, a `.safetensors`, or a previous stage's `.ckpt`.
+        init_strict: require `init_from` to fit exactly (False: load what fits, e.g. a checkpoint without FOV head).
+        mode: "depth" trains the depth objective, "fov" only the FOV head (the depth network frozen).
+        loss: weights of the depth objective's terms (the curriculum changes them per stage).
+        trim_fraction: share of worst pixels dropped per real-world image.
+        derivative_scales: pyramid levels of the MAGE/MALE/MSGE losses.
+        lr_encoder: learning rate of the pretrained ViT encoders.
+        lr_decoder: learning rate of the randomly initialised decoder, heads and fusion layers.
+        weight_decay: AdamW weight decay (not applied to norms, biases, embeddings, layer scales).
+        warmup_steps: linear LR warm-up steps.
+        min_lr_ratio: final LR of the cosine decay, relative to the peak.
+        boundary_metrics: compute the boundary F1 / recall metrics during validation.
+        log_images_every_n_val_steps: log an RGB | GT | prediction | error panel every N validation batches (0: never).
+    """
+
+    def __init__(
+        self,
+        preset: str = "depth_pro_l",
+        network: dict[str, Any] | None = None,
+        init_from: str | None = None,
+        init_strict: bool = True,
+        mode: Literal["depth", "fov"] = "depth",
+        loss: LossWeights = LossWeights(),
+        trim_fraction: float = 0.2,
+        derivative_scales: int = 4,
+        lr_encoder: float = 1e-5,
+        lr_decoder: float = 1e-4,
+        weight_decay: float = 0.05,
+        warmup_steps: int = 500,
+        min_lr_ratio: float = 0.01,
+        boundary_metrics: bool = True,
+        log_images_every_n_val_steps: int = 20,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = build_network(preset, network)
+        if init_from:
+            load_weights(self.net, init_from, strict=init_strict)
+        self.mode = mode
+        self.loss_weights = loss
+        if mode == "fov":
+            self._freeze_all_but_fov()
+        self.val_metrics = nn.ModuleDict()
+        self._bad_records: torch.Tensor | None = None
+        self._last_batch_time: float | None = None
+
+    def _freeze_all_but_fov(self) -> None:
+        """FOV mode: only `fov.*` parameters train; the depth network is frozen."""
+        if self.net.fov is None:
+            raise ValueError("mode='fov' needs a network with fov_head=True")
+        for name, param in self.net.named_parameters():
+            param.requires_grad_(name.startswith("fov."))
+
+    # ------------------------------------------------------------------ setup
+
+    def source_names(self, split: str) -> list[str]:
+        """Source names from the datamodule (batch `source` ids index them)."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        names = datamodule.source_names(split) if datamodule is not None else []
+        return names or ["all"]
+
+    def setup(self, stage: str) -> None:
+        """Create one metric collection per validation source (registered before DDP wraps the module)."""
+        if len(self.val_metrics):
+            return
+        for name in self.source_names("val"):
+            metrics = {"depth": DepthMetrics(), "focal": FocalMetrics()}
+            if self.hparams.boundary_metrics:
+                metrics |= {"boundary_f1": BoundaryF1(), "boundary_recall": BoundaryRecall()}
+            self.val_metrics[name] = MetricCollection(metrics, compute_groups=False)
+
+    def configure_optimizers(self) -> dict:
+        """AdamW with separate encoder / decoder learning rates; warm-up then cosine decay per step."""
+        groups = self._parameter_groups()
+        optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999))
+        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
+        schedule = WarmupCosine(self.hparams.warmup_steps, total, self.hparams.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _parameter_groups(self) -> list[dict]:
+        """Four groups: (encoder | decoder) x (decay | no decay), trainable parameters only."""
+        encoder_prefixes = ("encoder.patch_encoder.", "encoder.image_encoder.", "fov.encoder.0.")
+        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+        for name, param in self.net.named_parameters():
+            if param.requires_grad:
+                key = (name.startswith(encoder_prefixes), not any(n in name for n in NO_DECAY_NAMES))
+                groups.setdefault(key, []).append(param)
+        hp = self.hparams
+        return [
+            {
+                "params": params,
+                "lr": hp.lr_encoder if is_encoder else hp.lr_decoder,
+                "weight_decay": hp.weight_decay if decays else 0.0,
+                "name": f"{'encoder' if is_encoder else 'decoder'}{'' if decays else '_no_decay'}",
+            }
+            for (is_encoder, decays), params in sorted(groups.items())
+        ]
+
+    def restart_lr_schedule(self) -> None:
+        """Restart warm-up and cosine decay from the current step (used at a curriculum switch)."""
+        for config in self.trainer.lr_scheduler_configs:
+            for schedule in config.scheduler.lr_lambdas:
+                schedule.offset = self.global_step
+
+    # --------------------------------------------------------------- training
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Canonical inverse depth and FOV (degrees) for a normalised batch."""
+        return self.net(image)
+
+    def objective(self, batch: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Loss terms and per-image loss for the current mode (depth and FOV objectives stay separate)."""
+        if self.mode == "fov":
+            with torch.no_grad():
+                encodings = self.net.encoder(batch["image"])
+                _, lowres = self.net.decoder(encodings)
+            fov = self.net.fov(batch["image"], lowres)
+            return fov_objective(fov, batch["f_px"], batch["image"].shape[-1])
+        pred, _ = self.net(batch["image"])
+        return depth_objective(
+            pred, batch["target"], batch["valid"], batch["metric"], batch["synthetic"], batch["sparse"],
+            self.loss_weights, self.hparams.trim_fraction, self.hparams.derivative_scales,
+        )
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        """One optimisation step's loss, with per-term, per-source, data-health and throughput logs."""
+        terms, per_image = self.objective(batch)
+        batch_size = batch["image"].shape[0]
+        for name, value in terms.items():
+            self.log(f"train/{name}", value, batch_size=batch_size, prog_bar=name == "loss")
+        self._log_per_source(per_image.detach(), batch["source"])
+        self._log_data_health(batch["bad_records"])
+        self._log_throughput(batch_size)
+        return terms["loss"]
+
+    def _log_per_source(self, per_image: torch.Tensor, source: torch.Tensor) -> None:
+        for index, name in enumerate(self.source_names("train")):
+            chosen = source == index
+            if chosen.any():
+                self.log(f"train/loss_{name}", per_image[chosen].mean(), batch_size=int(chosen.sum()))
+
+    def _log_data_health(self, bad_records: torch.Tensor) -> None:
+        """Running count of skipped bad records per source on this rank (see data/stream.py)."""
+        if self._bad_records is None:
+            self._bad_records = torch.zeros_like(bad_records)
+        self._bad_records += bad_records
+        for index, name in enumerate(self.source_names("train")[: len(bad_records)]):
+            self.log(f"data/bad_records_{name}", self._bad_records[index].float(), reduce_fx="max")
+
+    def _log_throughput(self, batch_size: int) -> None:
+        """Samples per second over all ranks, from the wall time between training batches."""
+        now = time.perf_counter()
+        if self._last_batch_time is not None:
+            rate = batch_size * self.trainer.world_size / max(now - self._last_batch_time, 1e-9)
+            self.log("train/samples_per_s", rate, prog_bar=True, rank_zero_only=True)
+        self._last_batch_time = now
+
+    # ------------------------------------------------------------- validation
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        """Update per-source metrics on metric depth (with ground-truth focal) and focal length."""
+        pred, fov = self.net(batch["image"])
+        width = batch["image"].shape[-1]
+        for index, name in enumerate(self.source_names("val")):
+            chosen = batch["source"] == index
+            if chosen.any():
+                self._update_source_metrics(name, pred[chosen], fov, batch, chosen, width)
+        every = self.hparams.log_images_every_n_val_steps
+        if every and batch_idx % every == 0:
+            self._log_panel(batch, pred, batch_idx)
+
+    def _update_source_metrics(self, name, pred, fov, batch, chosen, width) -> None:
+        metrics = self.val_metrics[name]
+        f_px = batch["f_px"][chosen].view(-1, 1, 1, 1)
+        valid = batch["valid"][chosen] & batch["metric"][chosen].view(-1, 1, 1, 1)
+        pred_depth = f_px / (width * pred.float().clamp(min=1e-4))
+        gt_depth = torch.where(valid, f_px / (width * batch["target"][chosen].clamp(min=1e-8)), 0.0)
+        metrics["depth"].update(pred_depth, gt_depth, valid)
+        if fov is not None:
+            pred_f = 0.5 * width / torch.tan(0.5 * torch.deg2rad(fov[chosen].float()))
+            metrics["focal"].update(pred_f, batch["f_px"][chosen])
+        if "boundary_f1" in metrics:
+            dense = valid.flatten(1).all(1)  # boundary F1 needs dense (e.g. synthetic) ground truth
+            metrics["boundary_f1"].update(pred_depth[dense], gt_depth[dense])
+            metrics["boundary_recall"].update(pred_depth, batch["alpha"][chosen], batch["has_alpha"][chosen])
+
+    def on_validation_epoch_end(self) -> None:
+        """Log every source's metrics as val/<source>/<metric>, plus val/<metric> over the first source."""
+        for name, collection in self.val_metrics.items():
+            values = {}
+            for group, metric in collection.items():
+                result = metric.compute()
+                values |= result if isinstance(result, dict) else {group: result}
+                metric.reset()
+            for key, value in values.items():
+                self.log(f"val/{name}/{key}", value, sync_dist=False)
+                if name == next(iter(self.val_metrics)):
+                    self.log(f"val/{key}", value, sync_dist=False, prog_bar=key in ("abs_rel", "delta1"))
+
+    def _log_panel(self, batch: dict, pred: torch.Tensor, batch_idx: int) -> None:
+        """Send an RGB | GT | prediction | error panel of the batch's first image to the logger."""
+        logger = self.logger
+        if logger is None or not self.trainer.is_global_zero:
+            return
+        image = ((batch["image"][0].float().permute(1, 2, 0).cpu().numpy() + 1) * 127.5).clip(0, 255)
+        panel = depth_panel(
+            image.astype(np.uint8),
+            batch["target"][0, 0].float().cpu().numpy(),
+            pred[0, 0].float().cpu().numpy(),
+            batch["valid"][0, 0].cpu().numpy(),
+        )
+        key = f"val/panel_{batch_idx}"
+        if hasattr(logger, "log_image"):
+            logger.log_image(key=key, images=[panel], step=self.global_step)
+        elif hasattr(logger.experiment, "add_image"):
+            logger.experiment.add_image(key, panel, self.global_step, dataformats="HWC")

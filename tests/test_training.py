@@ -1,0 +1,113 @@
+"""The main job learns: `fit --recipe` trains through the curriculum, logs, checkpoints and exports."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from dp_train.cli import main
+from dp_train.data.synth import write_synthetic_shards
+from dp_train.model import DepthProConfig, build_depth_pro, load_weights
+
+REPO = Path(__file__).resolve().parents[1]
+SWITCH_STEP = 24
+
+
+@pytest.fixture(scope="module")
+def synthetic_shards(tmp_path_factory) -> dict[str, Path]:
+    """Small synthetic train/val shard sets (rendered, exact metric depth)."""
+    root = tmp_path_factory.mktemp("shards")
+    return {
+        "train": write_synthetic_shards(root / "train", "train", 24, size=(96, 128), seed=0, samples_per_shard=8,
+                                        progress=False),
+        "val": write_synthetic_shards(root / "val", "val", 4, size=(96, 128), seed=1000, progress=False),
+    }
+
+
+def short_recipe(tmp_path: Path, shards: dict[str, Path], max_steps: int) -> Path:
+    """Overrides on top of quickstart.yaml: fewer steps, CSV logs, the test's own shards."""
+    recipe = {
+        "report_validation": False,
+        "trainer": {
+            "max_steps": max_steps,
+            "val_check_interval": max_steps,
+            "log_every_n_steps": 1,
+            "default_root_dir": str(tmp_path),
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": str(tmp_path), "name": "run"},
+            },
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True},
+                },
+                {
+                    "class_path": "dp_train.curriculum.CurriculumCallback",
+                    "init_args": {
+                        "stages": [
+                            {"name": "stage1", "start_step": 0, "loss": {"mae": 1.0}},
+                            {"name": "stage2", "start_step": SWITCH_STEP, "loss": {"mae": 1.0, "mage": 1.0}},
+                        ]
+                    },
+                },
+            ],
+        },
+        "model": {"log_images_every_n_val_steps": 0, "boundary_metrics": False},
+        "data": {
+            "train_sources": [{"name": "synth", "urls": str(shards["train"])}],
+            "val_sources": [{"name": "synth_val", "urls": str(shards["val"])}],
+            "num_workers": 0,
+            "batch_size": 2,
+        },
+    }
+    path = tmp_path / "short.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def logged(tmp_path: Path, name: str) -> list[tuple[int, float]]:
+    """(step, value) rows of one metric from the CSV logger."""
+    with open(tmp_path / "run" / "version_0" / "metrics.csv") as fh:
+        return [(int(r["step"]), float(r[name])) for r in csv.DictReader(fh) if r.get(name)]
+
+
+@pytest.mark.slow
+def test_fit_learns_switches_stage_and_exports(tmp_path, synthetic_shards):
+    recipe = short_recipe(tmp_path, synthetic_shards, max_steps=36)
+    assert main(["fit", "--recipe", str(REPO / "recipes/quickstart.yaml"), "--recipe", str(recipe)]) == 0
+
+    losses = [v for _, v in logged(tmp_path, "train/mae")]
+    assert len(losses) == 36
+    assert sum(losses[-6:]) / 6 < 0.7 * sum(losses[:6]) / 6  # the depth error goes down
+    stages = dict(logged(tmp_path, "curriculum/stage"))
+    assert stages[SWITCH_STEP - 1] == 0.0 and stages[SWITCH_STEP] == 1.0
+    assert [s for s, _ in logged(tmp_path, "train/mage")][0] == SWITCH_STEP  # derivative loss from the switch on
+    assert logged(tmp_path, "val/abs_rel")
+
+    out = tmp_path / "exported.safetensors"
+    assert main(["export", "--ckpt", str(tmp_path / "ckpt" / "last.ckpt"), "--out", str(out)]) == 0
+    net = build_depth_pro(DepthProConfig.preset("tiny", vit_img_size=128, decoder_features=16,
+                                                encoder_feature_dims=(8, 16, 32, 32)))
+    load_weights(net, out)  # strict: the exported file has exactly the network's tensors
+    assert torch.isfinite(net.head[0].weight).all()
+
+
+def test_a_wrong_recipe_key_fails_before_any_work_naming_the_key(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  presett: tiny\n")
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--recipe", str(bad)])
+    assert info.value.code != 0
+    assert "presett" in capsys.readouterr().err
+
+
+def test_a_wrong_network_field_is_named(tmp_path):
+    from dp_train.module import DepthProModule
+
+    with pytest.raises(ValueError, match="model.network: .*vit_size"):
+        DepthProModule(preset="tiny", network={"vit_size": 128})
