@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 from jsonargparse import ActionConfigFile, lazy_instance
-from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 
@@ -28,11 +28,22 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 """Plain subcommands: name -> (module providing `add_arguments(parser)` and `run(args) -> int`, help line)."""
 
-TRAINER_DEFAULTS = {
-    "logger": lazy_instance(WandbLogger, project="dp_train", save_dir="runs"),
-    "callbacks": [lazy_instance(RichProgressBar)],
-}
-"""Used where a recipe sets no logger / callbacks: wandb (honours WANDB_MODE) and the rich progress bar."""
+TRAINER_DEFAULTS = {"logger": lazy_instance(WandbLogger, project="dp_train", save_dir="runs")}
+"""Used where a recipe sets no logger: wandb (honours WANDB_MODE). Recipe callbacks add to, never replace, defaults,
+so the rich progress bar is set in the recipes."""
+
+
+class RecipeParser(LightningArgumentParser):
+    """Reports a bad recipe or override as one `error:` line naming the key (no usage dump)."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        """Print the error on one line and exit with status 2."""
+        if not self.exit_on_error:
+            super().error(message, ex)
+        one_line = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+        prog = self.prog.replace(" [options]", "")
+        sys.stderr.write(f"error: {one_line} (see `{prog} --help`)\n")
+        self.exit(2)
 
 
 class DepthProCLI(LightningCLI):
@@ -74,10 +85,11 @@ def run_lightning(argv: list[str]) -> int:
     DepthProCLI(
         DepthProModule,
         DepthDataModule,
-        args=argv,
+        args=None if argv == sys.argv[1:] else argv,  # LightningCLI warns when given sys.argv twice
         trainer_defaults=TRAINER_DEFAULTS,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"prog": "dp_train"},
+        parser_class=RecipeParser,
     )
     return 0
 

@@ -138,8 +138,9 @@ class DepthMetrics(Metric):
         per_image = depth_metrics(pred, gt, mask, self.min_pred)
         has_pixels = _valid_pixels(_as_batch(gt), mask).flatten(1).any(dim=1)
         values = torch.stack([per_image[name] for name in DEPTH_METRIC_NAMES], dim=1)[has_pixels]
-        self.sums += values.to(self.sums).sum(dim=0)
-        self.images += has_pixels.sum()
+        # Out-of-place: states made by reset() under inference mode cannot be updated in place later.
+        self.sums = self.sums + values.to(self.sums).sum(dim=0)
+        self.images = self.images + has_pixels.sum()
 
     def compute(self) -> dict[str, Tensor]:
         """Mean of the per-image metrics over all images seen (and all processes)."""
@@ -330,8 +331,8 @@ class _PerImageMean(Metric):
         pred_depth, target = _as_batch(pred_depth), _as_batch(target)
         keep = torch.ones(len(pred_depth), dtype=torch.bool) if has_target is None else has_target.reshape(-1)
         for i in torch.nonzero(keep).flatten().tolist():
-            self.total += self._score(pred_depth[i], target[i])
-            self.images += 1
+            self.total = self.total + self._score(pred_depth[i], target[i])
+            self.images = self.images + 1
 
     def compute(self) -> Tensor:
         """Mean per-image score over all images seen (and all processes); NaN before any image."""

@@ -99,7 +99,7 @@ class DepthProModule(L.LightningModule):
         self.loss_weights = loss
         if mode == "fov":
             self._freeze_all_but_fov()
-        self.val_metrics = nn.ModuleDict()
+        self.eval_metrics = nn.ModuleDict()
         self._bad_records: torch.Tensor | None = None
         self._last_batch_time: float | None = None
 
@@ -119,14 +119,17 @@ class DepthProModule(L.LightningModule):
         return names or ["all"]
 
     def setup(self, stage: str) -> None:
-        """Create one metric collection per validation source (registered before DDP wraps the module)."""
-        if len(self.val_metrics):
-            return
-        for name in self.source_names("val"):
-            metrics = {"depth": DepthMetrics(), "focal": FocalMetrics()}
-            if self.hparams.boundary_metrics:
-                metrics |= {"boundary_f1": BoundaryF1(), "boundary_recall": BoundaryRecall()}
-            self.val_metrics[name] = MetricCollection(metrics, compute_groups=False)
+        """Create metric collections per evaluated source (registered before DDP wraps the module)."""
+        for split in ("val", "test") if stage == "test" else ("val",):
+            for name in self.source_names(split):
+                if f"{split}__{name}" not in self.eval_metrics:
+                    self.eval_metrics[f"{split}__{name}"] = self._metric_collection()
+
+    def _metric_collection(self) -> MetricCollection:
+        metrics = {"depth": DepthMetrics(), "focal": FocalMetrics()}
+        if self.hparams.boundary_metrics:
+            metrics |= {"boundary_f1": BoundaryF1(), "boundary_recall": BoundaryRecall()}
+        return MetricCollection(metrics, compute_groups=False)
 
     def configure_optimizers(self) -> dict:
         """AdamW with separate encoder / decoder learning rates; warm-up then cosine decay per step."""
@@ -194,8 +197,10 @@ class DepthProModule(L.LightningModule):
         return terms["loss"]
 
     def _log_per_source(self, per_image: torch.Tensor, source: torch.Tensor) -> None:
+        """Per source: samples in this batch (shows the mixture at work) and their mean loss."""
         for index, name in enumerate(self.source_names("train")):
             chosen = source == index
+            self.log(f"train/samples_{name}", chosen.sum().float(), batch_size=1)
             if chosen.any():
                 self.log(f"train/loss_{name}", per_image[chosen].mean(), batch_size=int(chosen.sum()))
 
@@ -215,49 +220,76 @@ class DepthProModule(L.LightningModule):
             self.log("train/samples_per_s", rate, prog_bar=True, rank_zero_only=True)
         self._last_batch_time = now
 
-    # ------------------------------------------------------------- validation
+    # ------------------------------------------------------------- evaluation
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        """Per-source metrics on the validation sources."""
+        self._evaluation_step("val", batch, batch_idx)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        """Per-source metrics on the test (benchmark) sources."""
+        self._evaluation_step("test", batch, batch_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        """Log val/<source>/<metric> and val/<metric> (first source)."""
+        self._log_evaluation("val")
+
+    def on_test_epoch_end(self) -> None:
+        """Log test/<source>/<metric> and test/<metric> (first source)."""
+        self._log_evaluation("test")
+
+    def _evaluation_step(self, split: str, batch: dict, batch_idx: int) -> None:
         """Update per-source metrics on metric depth (with ground-truth focal) and focal length."""
         pred, fov = self.net(batch["image"])
         width = batch["image"].shape[-1]
-        for index, name in enumerate(self.source_names("val")):
+        for index, name in enumerate(self.source_names(split)):
             chosen = batch["source"] == index
             if chosen.any():
-                self._update_source_metrics(name, pred[chosen], fov, batch, chosen, width)
+                self._update_source_metrics(self.eval_metrics[f"{split}__{name}"], pred, fov, batch, chosen, width)
         every = self.hparams.log_images_every_n_val_steps
         if every and batch_idx % every == 0:
-            self._log_panel(batch, pred, batch_idx)
+            self._log_panel(f"{split}/panel_{batch_idx}", batch, pred)
 
-    def _update_source_metrics(self, name, pred, fov, batch, chosen, width) -> None:
-        metrics = self.val_metrics[name]
+    @staticmethod
+    def _update_source_metrics(metrics: MetricCollection, pred, fov, batch: dict, chosen, width: int) -> None:
         f_px = batch["f_px"][chosen].view(-1, 1, 1, 1)
         valid = batch["valid"][chosen] & batch["metric"][chosen].view(-1, 1, 1, 1)
-        pred_depth = f_px / (width * pred.float().clamp(min=1e-4))
+        canonical = pred[chosen].float().clamp(min=1e-4)
+        pred_depth = f_px / (width * canonical)
         gt_depth = torch.where(valid, f_px / (width * batch["target"][chosen].clamp(min=1e-8)), 0.0)
         metrics["depth"].update(pred_depth, gt_depth, valid)
         if fov is not None:
             pred_f = 0.5 * width / torch.tan(0.5 * torch.deg2rad(fov[chosen].float()))
             metrics["focal"].update(pred_f, batch["f_px"][chosen])
         if "boundary_f1" in metrics:
-            dense = valid.flatten(1).all(1)  # boundary F1 needs dense (e.g. synthetic) ground truth
-            metrics["boundary_f1"].update(pred_depth[dense], gt_depth[dense])
-            metrics["boundary_recall"].update(pred_depth, batch["alpha"][chosen], batch["has_alpha"][chosen])
+            # Scale-invariant: any map proportional to depth works, so 1 / C needs no focal length.
+            dense = valid.flatten(1).all(1)  # boundary F1 needs dense (e.g. synthetic) depth ground truth
+            metrics["boundary_f1"].update(1.0 / canonical[dense], gt_depth[dense])
+            metrics["boundary_recall"].update(1.0 / canonical, batch["alpha"][chosen], batch["has_alpha"][chosen])
 
-    def on_validation_epoch_end(self) -> None:
-        """Log every source's metrics as val/<source>/<metric>, plus val/<metric> over the first source."""
-        for name, collection in self.val_metrics.items():
+    def _log_evaluation(self, split: str) -> None:
+        """Compute, log and reset every source's metrics (torchmetrics syncs them across ranks).
+
+        `<split>/<metric>` is the first source's value; with several sources each
+        also gets `<split>/<source>/<metric>`.
+        """
+        names = self.source_names(split)
+        for key, collection in self.eval_metrics.items():
+            if not key.startswith(f"{split}__"):
+                continue
+            name = key.split("__", 1)[1]
             values = {}
             for group, metric in collection.items():
                 result = metric.compute()
                 values |= result if isinstance(result, dict) else {group: result}
                 metric.reset()
-            for key, value in values.items():
-                self.log(f"val/{name}/{key}", value, sync_dist=False)
-                if name == next(iter(self.val_metrics)):
-                    self.log(f"val/{key}", value, sync_dist=False, prog_bar=key in ("abs_rel", "delta1"))
+            for metric_name, value in values.items():
+                if len(names) > 1:
+                    self.log(f"{split}/{name}/{metric_name}", value)
+                if name == names[0]:  # val/<metric>: the first source's, what checkpointing monitors
+                    self.log(f"{split}/{metric_name}", value, prog_bar=metric_name in ("abs_rel", "delta1"))
 
-    def _log_panel(self, batch: dict, pred: torch.Tensor, batch_idx: int) -> None:
+    def _log_panel(self, key: str, batch: dict, pred: torch.Tensor) -> None:
         """Send an RGB | GT | prediction | error panel of the batch's first image to the logger."""
         logger = self.logger
         if logger is None or not self.trainer.is_global_zero:
@@ -269,7 +301,6 @@ class DepthProModule(L.LightningModule):
             pred[0, 0].float().cpu().numpy(),
             batch["valid"][0, 0].cpu().numpy(),
         )
-        key = f"val/panel_{batch_idx}"
         if hasattr(logger, "log_image"):
             logger.log_image(key=key, images=[panel], step=self.global_step)
         elif hasattr(logger.experiment, "add_image"):

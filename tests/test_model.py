@@ -144,6 +144,7 @@ def test_fov_head_does_not_backpropagate_into_the_depth_network(fast_cfg):
         ({"hook_blocks": (1, 9)}, "hook_blocks"),
         ({"hook_blocks": (1, 0)}, "hook_blocks"),
         ({"num_heads": 3}, "divisible"),
+        ({"patch_size": 8, "vit_img_size": 128}, "must be 16"),
     ],
 )
 def test_invalid_configs_name_the_field(overrides, message):
@@ -154,3 +155,12 @@ def test_invalid_configs_name_the_field(overrides, message):
 def test_unknown_preset_lists_the_choices():
     with pytest.raises(KeyError, match="depth_pro_l"):
         DepthProConfig.preset("huge")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_fresh_network_outputs_positive_depth_so_training_can_start(fast_cfg, seed):
+    """A head whose final ReLU is dead on every pixel gets no gradient and never learns."""
+    torch.manual_seed(seed)
+    model = build_depth_pro(fast_cfg.replace(decoder_features=16, encoder_feature_dims=(8, 16, 32, 32)))
+    cid, _ = model(torch.rand(1, 3, 512, 512) * 2 - 1)
+    assert (cid > 0).float().mean() > 0.9

@@ -90,6 +90,40 @@ def test_jpg_image_is_close():
     assert np.abs(out.image.astype(int) - s.image).max() <= 2
 
 
+def _exif_rotated() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees on display
+    return exif.tobytes()
+
+
+@pytest.mark.parametrize(
+    "mode, save_kw",
+    [
+        ("RGB", {}),
+        ("RGB", {"subsampling": 0, "progressive": True}),
+        ("RGB", {"exif": _exif_rotated()}),
+        ("L", {}),
+        ("CMYK", {}),
+    ],
+)
+def test_jpg_decodes_exactly_like_pillow(mode, save_kw):
+    """The OpenCV JPEG path gives Pillow's pixels: RGB order, no EXIF rotation, CMYK via Pillow."""
+    rng = np.random.default_rng(3)
+    small = Image.fromarray(rng.integers(0, 256, (10, 14, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    small.resize((56, 40), Image.BILINEAR).convert(mode).save(buf, format="JPEG", quality=90, **save_kw)
+    raw = encode_sample(_sample(h=40, w=56)) | {"jpg": buf.getvalue()}
+    with Image.open(io.BytesIO(buf.getvalue())) as img:
+        expected = np.array(img.convert("RGB"))
+    assert np.array_equal(decode_sample(raw).image, expected)
+
+
+def test_truncated_jpg_raises():
+    raw = encode_sample(_sample(key="k3", h=64, w=64))
+    with pytest.raises(SampleError, match="^k3: .*cannot decode 'jpg'"):
+        decode_sample(_corrupt(raw, "jpg", raw["jpg"][: len(raw["jpg"]) // 2]))
+
+
 @pytest.mark.parametrize("fmt", DEPTH_FORMATS)
 def test_invalid_pixels_stored_as_zero(fmt):
     depth = _sample().depth.copy()

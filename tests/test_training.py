@@ -31,7 +31,7 @@ def synthetic_shards(tmp_path_factory) -> dict[str, Path]:
 def short_recipe(tmp_path: Path, shards: dict[str, Path], max_steps: int) -> Path:
     """Overrides on top of quickstart.yaml: fewer steps, CSV logs, the test's own shards."""
     recipe = {
-        "report_validation": False,
+        "report_validation": True,  # validate before and after fit, as the quick start does
         "trainer": {
             "max_steps": max_steps,
             "val_check_interval": max_steps,
@@ -111,3 +111,51 @@ def test_a_wrong_network_field_is_named(tmp_path):
 
     with pytest.raises(ValueError, match="model.network: .*vit_size"):
         DepthProModule(preset="tiny", network={"vit_size": 128})
+
+
+@pytest.mark.slow
+def test_a_run_resumed_after_the_switch_continues_in_stage_2_with_stage_2_data(tmp_path, synthetic_shards):
+    """Stage 1 trains on source `a` only, stage 2 on `b` only; the resume lands mid-epoch after the switch."""
+    recipe = yaml.safe_load(short_recipe(tmp_path, synthetic_shards, max_steps=8).read_text())
+    recipe["report_validation"] = False
+    recipe["trainer"]["val_check_interval"] = None
+    recipe["trainer"]["limit_val_batches"] = 0
+    recipe["trainer"]["callbacks"] = [
+        {
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True, "every_n_train_steps": 8},
+        },
+        {
+            "class_path": "dp_train.curriculum.CurriculumCallback",
+            "init_args": {
+                "stages": [
+                    {"name": "one", "start_step": 0, "mixture": {"a": 1.0}, "loss": {"mae": 1.0}},
+                    {"name": "two", "start_step": 6, "mixture": {"b": 1.0}, "loss": {"mae": 1.0, "mage": 1.0}},
+                ]
+            },
+        },
+    ]
+    shards = str(synthetic_shards["train"])
+    recipe["data"] |= {"train_sources": [{"name": "a", "urls": shards}, {"name": "b", "urls": shards}],
+                       "samples_per_epoch": 100}  # 50 batches per epoch: both runs stay inside epoch 0
+    path = tmp_path / "resume.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    base = ["fit", "--recipe", str(REPO / "recipes/quickstart.yaml"), "--recipe", str(path)]
+
+    assert main(base) == 0
+    assert main(base + ["--trainer.max_steps=12", "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt")]) == 0
+
+    def rows(version: int, name: str) -> dict[int, float]:
+        with open(tmp_path / "run" / f"version_{version}" / "metrics.csv") as fh:
+            return {int(r["step"]): float(r[name]) for r in csv.DictReader(fh) if r.get(name)}
+
+    first = rows(0, "curriculum/stage")
+    assert [first[s] for s in range(8)] == [0.0] * 6 + [1.0] * 2
+    samples_a, samples_b = rows(0, "train/samples_a"), rows(0, "train/samples_b")
+    assert [samples_a[s] for s in range(8)] == [2.0] * 6 + [0.0] * 2  # the mixture switches on the exact batch
+    assert [samples_b[s] for s in range(8)] == [0.0] * 6 + [2.0] * 2
+    resumed = rows(1, "curriculum/stage")
+    assert sorted(resumed) == [8, 9, 10, 11] and set(resumed.values()) == {1.0}
+    assert rows(1, "train/samples_b") == {s: 2.0 for s in (8, 9, 10, 11)}
+    assert set(rows(1, "train/samples_a").values()) == {0.0}
+    assert set(rows(1, "train/mage")) == {8, 9, 10, 11}  # stage-2 objective re-applied after the resume

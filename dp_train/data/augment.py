@@ -64,11 +64,11 @@ def inverse_depth_target(depth: np.ndarray, valid: np.ndarray, f_px: float, widt
     """Target on the network grid: `f_px / (W * D)` for metric samples, inverse depth (or disparity) for relative."""
     target = np.zeros_like(depth, dtype=np.float32)
     if sample.meta.depth_kind == "disparity":
-        target[valid] = depth[valid]
+        np.copyto(target, depth, where=valid)
     elif sample.meta.metric:
-        target[valid] = f_px / (width * depth[valid])
+        np.divide(f_px, width * depth, out=target, where=valid)
     else:
-        target[valid] = 1.0 / depth[valid]
+        np.divide(1.0, depth, out=target, where=valid)
     return target
 
 
@@ -80,17 +80,20 @@ def make_view(sample: Sample, size: int, box: tuple[int, int, int, int], flip: b
     """
     top, left, height, width = box
     window = (slice(top, top + height), slice(left, left + width))
-    image = resize(sample.image[window], size, size, nearest=False)
-    depth = resize(sample.depth[window], size, size, nearest=True)
-    valid = resize(sample.valid[window].view(np.uint8), size, size, nearest=True).astype(bool)
-    alpha = None if sample.alpha is None else resize(sample.alpha[window], size, size, nearest=False)
+    image = _flipped(resize(sample.image[window], size, size, nearest=False), flip)
+    depth = _flipped(resize(sample.depth[window], size, size, nearest=True), flip)
+    valid = _flipped(resize(sample.valid[window].view(np.uint8), size, size, nearest=True), flip).astype(bool)
+    alpha = None if sample.alpha is None else _flipped(resize(sample.alpha[window], size, size, nearest=False), flip)
     f_px = (sample.meta.f_px or 0.0) * size / width
-    if flip:
-        image, depth, valid = image[:, ::-1], depth[:, ::-1], valid[:, ::-1]
-        alpha = None if alpha is None else alpha[:, ::-1]
     target = inverse_depth_target(depth, valid, f_px, size, sample)
     contiguous = np.ascontiguousarray
-    return View(contiguous(image), target, contiguous(valid), f_px, None if alpha is None else contiguous(alpha))
+    return View(contiguous(image), target, valid, f_px, None if alpha is None else contiguous(alpha))
+
+
+def _flipped(array: np.ndarray, flip: bool) -> np.ndarray:
+    """The array mirrored left-right (a new contiguous array; OpenCV copies ~10x faster than numpy's
+    negative-stride copy of HxWx3 uint8), or the array itself."""
+    return cv2.flip(array, 1) if flip else array
 
 
 def photometric(cfg: AugmentConfig) -> A.Compose:
@@ -99,7 +102,7 @@ def photometric(cfg: AugmentConfig) -> A.Compose:
         [
             A.ColorJitter(brightness=0.25, contrast=0.25, saturation=0.25, hue=0.03, p=cfg.color_jitter_prob),
             A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.MotionBlur(blur_limit=(3, 7))], p=cfg.blur_prob),
-            A.GaussNoise(std_range=(0.01, 0.04), p=cfg.noise_prob),
+            A.GaussNoise(std_range=(0.01, 0.04), per_channel=False, p=cfg.noise_prob),  # luma noise: 3x cheaper
             A.ImageCompression(quality_range=(40, 90), p=cfg.jpeg_prob),
         ]
     )

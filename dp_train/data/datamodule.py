@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+import cv2
 import lightning as L
 from torch.utils.data import DataLoader
 
@@ -11,19 +12,31 @@ from dp_train.data.augment import AugmentConfig, EvalTransform, TrainTransform
 from dp_train.data.stream import SourceConfig, TrainStream, ValStream, normalize_images
 
 
-class EpochLoader(DataLoader):
-    """A DataLoader over a stream that tells the stream which epoch starts before workers are created."""
+def single_threaded_worker(worker_id: int) -> None:
+    """Keep OpenCV to one thread per dataloader worker (it would otherwise start one per core in each)."""
+    cv2.setNumThreads(1)
 
-    def __init__(self, dataset, epoch_fn: Callable[[], int] | None = None, **kwargs) -> None:
+
+class EpochLoader(DataLoader):
+    """A DataLoader over a stream that tells the stream where it starts before workers are created.
+
+    `position_fn` returns (epoch, batches of this epoch already trained): after
+    a mid-epoch resume the stream continues at the right global batch index, so
+    the curriculum's mixture schedule stays aligned with the optimizer steps.
+    Without it, each iteration starts the next epoch from its first batch.
+    """
+
+    def __init__(self, dataset, position_fn: Callable[[], tuple[int, int]] | None = None, **kwargs) -> None:
         super().__init__(dataset, batch_size=None, **kwargs)
-        self._epoch_fn = epoch_fn
+        self._position_fn = position_fn
         self._next_epoch = 0
 
     def __iter__(self) -> Iterator:
-        if self._epoch_fn is not None:
-            self.dataset.epoch = self._epoch_fn()
+        if self._position_fn is not None:
+            self.dataset.epoch, self.dataset.start_batch = self._position_fn()
         else:
-            self.dataset.epoch, self._next_epoch = self._next_epoch, self._next_epoch + 1
+            self.dataset.epoch, self.dataset.start_batch = self._next_epoch, 0
+            self._next_epoch += 1
         return super().__iter__()
 
 
@@ -33,6 +46,7 @@ class DepthDataModule(L.LightningDataModule):
     Args:
         train_sources: datasets mixed for training, sample by sample, by weight.
         val_sources: datasets read once, in full, for validation.
+        test_sources: benchmark datasets for `test` (read like validation).
         image_size: network input side (4 x the ViT input).
         batch_size: per-rank batch size.
         samples_per_epoch: samples in one training epoch over all ranks.
@@ -48,6 +62,7 @@ class DepthDataModule(L.LightningDataModule):
         self,
         train_sources: list[SourceConfig] | None = None,
         val_sources: list[SourceConfig] | None = None,
+        test_sources: list[SourceConfig] | None = None,
         image_size: int = 1536,
         batch_size: int = 1,
         val_batch_size: int | None = None,
@@ -63,6 +78,7 @@ class DepthDataModule(L.LightningDataModule):
         super().__init__()
         self.train_sources = list(train_sources or [])
         self.val_sources = list(val_sources or [])
+        self.test_sources = list(test_sources or [])
         self.image_size = image_size
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
@@ -76,6 +92,7 @@ class DepthDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.train_stream: TrainStream | None = None
         self.val_stream: ValStream | None = None
+        self.test_stream: ValStream | None = None
 
     def _distribution(self) -> tuple[int, int]:
         """(rank, world size) of this process, from the trainer when attached."""
@@ -94,16 +111,19 @@ class DepthDataModule(L.LightningDataModule):
             )
         if self.val_sources and self.val_stream is None:
             self.val_stream = ValStream(self.val_sources, EvalTransform(self.image_size), self.val_batch_size, **common)
-        for stream in (self.train_stream, self.val_stream):
+        if self.test_sources and self.test_stream is None:
+            self.test_stream = ValStream(self.test_sources, EvalTransform(self.image_size), self.val_batch_size, **common)
+        for stream in (self.train_stream, self.val_stream, self.test_stream):
             if stream is not None:
                 stream.set_distributed(rank, world_size)
 
-    def _loader(self, stream, epoch_fn: Callable[[], int] | None = None) -> EpochLoader:
+    def _loader(self, stream, position_fn: Callable[[], tuple[int, int]] | None = None) -> EpochLoader:
         workers = self.num_workers
         return EpochLoader(
             stream,
-            epoch_fn=epoch_fn,
+            position_fn=position_fn,
             num_workers=workers,
+            worker_init_fn=single_threaded_worker if workers > 0 else None,
             multiprocessing_context=self.worker_start_method if workers > 0 else None,
             pin_memory=self.pin_memory,
             persistent_workers=False,
@@ -115,11 +135,22 @@ class DepthDataModule(L.LightningDataModule):
         if self.train_stream is None:
             raise ValueError("the recipe has no data.train_sources")
         trainer = self.trainer
-        return self._loader(self.train_stream, (lambda: trainer.current_epoch) if trainer is not None else None)
+        if trainer is None:
+            return self._loader(self.train_stream)
+        return self._loader(
+            self.train_stream,
+            lambda: (trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.ready),
+        )
 
     def val_dataloader(self) -> EpochLoader | list:
         """Every validation sample exactly once across ranks and workers (empty without val sources)."""
         return self._loader(self.val_stream) if self.val_stream is not None else []
+
+    def test_dataloader(self) -> EpochLoader:
+        """Every test sample exactly once across ranks and workers."""
+        if self.test_stream is None:
+            raise ValueError("the recipe has no data.test_sources")
+        return self._loader(self.test_stream)
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """Normalise uint8 images to [-1, 1] on the device."""
@@ -127,7 +158,8 @@ class DepthDataModule(L.LightningDataModule):
 
     def source_names(self, split: str = "train") -> list[str]:
         """Names of the sources in batch `source` id order."""
-        return [s.name for s in (self.train_sources if split == "train" else self.val_sources)]
+        sources = {"train": self.train_sources, "val": self.val_sources, "test": self.test_sources}[split]
+        return [s.name for s in sources]
 
     def set_mixture_schedule(self, schedule: list[tuple[int, dict[str, float]]]) -> None:
         """Set (first global batch, {source name: weight}) phases; unnamed sources get weight 0."""

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 import torch
 import webdataset as wds
@@ -206,7 +207,7 @@ def collate(views: list[View], sources: list[int], flags: list[Sample], bad_coun
     alpha = [v.alpha if v.alpha is not None else np.zeros((size, size), np.float32) for v in views]
     return {
         "key": [s.key for s in flags],
-        "image": torch.from_numpy(np.stack([v.image for v in views])).permute(0, 3, 1, 2).contiguous(),
+        "image": torch.from_numpy(np.stack([np.stack(cv2.split(v.image)) for v in views])),  # HWC -> CHW, fast
         "target": torch.from_numpy(np.stack([v.target for v in views]))[:, None],
         "valid": torch.from_numpy(np.stack([v.valid for v in views]))[:, None],
         "alpha": torch.from_numpy(np.stack(alpha))[:, None],
@@ -253,7 +254,7 @@ class _StreamBase(IterableDataset):
         self.seed = seed
         self.max_bad_fraction = max_bad_fraction
         self.min_records_for_guard = min_records_for_guard
-        self.rank, self.world_size, self.epoch = 0, 1, 0
+        self.rank, self.world_size, self.epoch, self.start_batch = 0, 1, 0, 0
 
     def set_distributed(self, rank: int, world_size: int) -> None:
         """Record this process's rank; called in the main process before workers start."""
@@ -329,7 +330,7 @@ class TrainStream(_StreamBase):
         health = self._health()
         streams = [self._endless(i, place, health[i]) for i in range(len(self.sources))]
         rng = np.random.default_rng(sample_seed(self.seed, self.epoch, place.index))
-        my_batches = range(place.worker, self.batches_per_epoch, place.num_workers)
+        my_batches = range(self.start_batch + place.worker, self.batches_per_epoch, place.num_workers)
         for batch_index in my_batches:
             weights = self.weights_at(self.epoch * self.batches_per_epoch + batch_index)
             picks = rng.choice(len(self.sources), size=self.batch_size, p=weights)

@@ -35,6 +35,10 @@ class DepthProConfig:
         self._validate()
 
     def _validate(self) -> None:
+        if self.patch_size != 16:
+            raise ValueError(
+                f"patch_size={self.patch_size}: the decoder upsamples tokens 16x back to pixels, so it must be 16"
+            )
         window_unit = 8 * self.patch_size
         if self.vit_img_size % window_unit:
             raise ValueError(

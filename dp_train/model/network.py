@@ -198,8 +198,19 @@ def depth_head(features: int) -> nn.Sequential:
         nn.Conv2d(32, 1, kernel_size=1),
         nn.ReLU(),
     )
-    nn.init.zeros_(head[4].bias)
     return head
+
+
+def start_alive(head: nn.Sequential) -> None:
+    """Zero the last bias (as the reference) and make the last weights non-negative.
+
+    The last convolution's input is a ReLU output, so non-negative weights make
+    the final ReLU start alive on every pixel; with signed random weights a fresh
+    head can output 0 everywhere and never receive a gradient.
+    """
+    with torch.no_grad():
+        head[4].bias.zero_()
+        head[4].weight.abs_()
 
 
 class FOVHead(nn.Module):
@@ -238,6 +249,8 @@ class DepthPro(nn.Module):
         self.decoder = MultiResolutionDecoder([cfg.decoder_features, *cfg.encoder_feature_dims], cfg.decoder_features)
         self.head = depth_head(cfg.decoder_features)
         self.fov = FOVHead(cfg) if cfg.fov_head else None
+        init_convolutions(self, skip=self.vits())
+        start_alive(self.head)
 
     @property
     def img_size(self) -> int:
@@ -297,6 +310,32 @@ class DepthPro(nn.Module):
         if fov_deg is None:
             raise ValueError("no focal length given and the network has no FOV head (fov_head=False)")
         return 0.5 * width / torch.tan(0.5 * torch.deg2rad(fov_deg.float()))
+
+
+def init_convolutions(module: nn.Module, skip: list[nn.Module]) -> None:
+    """Variance-preserving init of the (de)convolutions outside the ViTs, biases zero.
+
+    PyTorch's default init shrinks the signal about 12x per stride-2 transposed
+    convolution, so after `upsample_latent0`'s three of them the encoder's
+    contribution is drowned by the decoder's biases and a network trained from
+    scratch barely sees its input. Weights are drawn with std 1/sqrt(fan_in),
+    fan_in being the inputs that actually reach one output pixel. (Released
+    checkpoints overwrite all of this.) Modules inside `skip` (the ViTs) keep timm's init.
+    """
+    skipped = {id(m) for part in skip for m in part.modules()}
+    for layer in module.modules():
+        if id(layer) in skipped:
+            continue
+        if isinstance(layer, nn.ConvTranspose2d):
+            overlap = math.prod(math.ceil(k / s) for k, s in zip(layer.kernel_size, layer.stride))
+            fan_in = layer.in_channels * overlap
+        elif isinstance(layer, nn.Conv2d):
+            fan_in = layer.in_channels * math.prod(layer.kernel_size)
+        else:
+            continue
+        nn.init.normal_(layer.weight, std=fan_in**-0.5)
+        if layer.bias is not None:
+            nn.init.zeros_(layer.bias)
 
 
 def build_depth_pro(cfg: DepthProConfig) -> DepthPro:
