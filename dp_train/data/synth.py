@@ -163,6 +163,14 @@ def _hit(t: np.ndarray) -> np.ndarray:
         return np.where(t > EPS, t, np.inf)
 
 
+def _ball_bounds(centre: tuple[float, float, float], radius: float) -> np.ndarray:
+    """Axis-aligned (2, 3) bounds [min, max] of the ball of `radius` around `centre`."""
+    bounds = np.array([centre, centre], dtype=np.float64)
+    bounds[0] -= radius
+    bounds[1] += radius
+    return bounds
+
+
 def _full(p: Vec, value: float) -> np.ndarray:
     """An array shaped like the components of p, filled with value."""
     return np.full(np.shape(p[0]), value)
@@ -204,10 +212,7 @@ class Sphere:
         return tuple((p[i] - self.c[i]) / self.r for i in range(3))
 
     def bounds(self) -> np.ndarray | None:
-        c = np.array([self.c, self.c])
-        c[0] -= self.r
-        c[1] += self.r
-        return c
+        return _ball_bounds(self.c, self.r)
 
 
 @dataclass(frozen=True)
@@ -313,10 +318,7 @@ class Disc:
         return tuple(_full(p, c) for c in self.n)
 
     def bounds(self) -> np.ndarray | None:
-        c = np.array([self.c, self.c])
-        c[0] -= self.r
-        c[1] += self.r
-        return c
+        return _ball_bounds(self.c, self.r)
 
 
 # --------------------------------------------------------------------------- scene
