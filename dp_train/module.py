@@ -265,7 +265,8 @@ class DepthProModule(L.LightningModule):
             # Scale-invariant: any map proportional to depth works, so 1 / C needs no focal length.
             dense = valid.flatten(1).all(1)  # boundary F1 needs dense (e.g. synthetic) depth ground truth
             metrics["boundary_f1"].update(1.0 / canonical[dense], gt_depth[dense])
-            metrics["boundary_recall"].update(1.0 / canonical, batch["alpha"][chosen], batch["has_alpha"][chosen])
+            if "alpha" in batch:
+                metrics["boundary_recall"].update(1.0 / canonical, batch["alpha"][chosen], batch["has_alpha"][chosen])
 
     def _log_evaluation(self, split: str) -> None:
         """Compute, log and reset every source's metrics (torchmetrics syncs them across ranks).

@@ -20,12 +20,14 @@ from dp_train.data.stream import DataError, SourceConfig, TrainStream
 SIZE = 16  # network input side used by these tests
 
 
-def plane_sample(key: str, depth: float = 4.0, f_px: float = 30.0, height: int = 24, width: int = 32, **meta):
-    """A textured fronto-parallel plane at `depth` metres."""
+def plane_sample(key: str, depth: float = 4.0, f_px: float = 30.0, height: int = 24, width: int = 32,
+                 alpha: bool = False, **meta):
+    """A textured fronto-parallel plane at `depth` metres, optionally with a horizontal-ramp matting alpha."""
     rng = np.random.default_rng(abs(hash(key)) % 2**32)
     image = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
     flags = {"dataset": "planes", "f_px": f_px, "metric": True, "synthetic": True} | meta
-    return make_sample(key, image, np.full((height, width), depth, np.float32), SampleMeta(**flags))
+    ramp = np.tile(np.linspace(0, 1, width, dtype=np.float32), (height, 1)) if alpha else None
+    return make_sample(key, image, np.full((height, width), depth, np.float32), SampleMeta(**flags), alpha=ramp)
 
 
 def write_source(root: Path, name: str, count: int, per_shard: int, **meta) -> SourceConfig:
@@ -235,7 +237,17 @@ def test_batches_have_the_documented_layout(tmp_path):
     assert batch["image"].shape == (2, 3, SIZE, SIZE) and batch["image"].dtype == torch.uint8
     normalized = dm.on_after_batch_transfer(batch, 0)["image"]
     assert normalized.dtype == torch.float32 and -1 <= normalized.min() and normalized.max() <= 1
-    assert batch["target"].shape == batch["valid"].shape == batch["alpha"].shape == (2, 1, SIZE, SIZE)
+    assert batch["target"].shape == batch["valid"].shape == (2, 1, SIZE, SIZE)
     for name in ("f_px", "metric", "synthetic", "sparse", "source", "has_alpha"):
         assert batch[name].shape == (2,), name
     assert batch["bad_records"].shape == (1,)
+
+
+def test_only_validation_decodes_matting_alpha(tmp_path):
+    source = write_source(tmp_path, "both", 4, per_shard=4, alpha=True)
+    dm = datamodule(train=[source], val=[source], samples_per_epoch=4)
+    train = next(iter(rank_loader(dm, 0, 1, "train")))
+    assert "alpha" not in train and not train["has_alpha"].any()
+    val = next(iter(rank_loader(dm, 0, 1, "val")))
+    assert val["alpha"].shape == (2, 1, SIZE, SIZE) and val["has_alpha"].all()
+    assert 0 < val["alpha"].max() <= 1

@@ -3,11 +3,12 @@
 The pipeline is the real train path (`DepthDataModule` -> `TrainStream` -> `decode_sample`
 -> `TrainTransform(size, AugmentConfig())` -> `collate`), batch size 1, `num_workers=0` so
 everything runs in this process with `--threads` OpenCV/torch threads (default 1): its rate
-is the throughput of one dataloader worker. It is also timed with photometric augmentation
-off, the work the baseline does. The baseline is a typical hand-written map-style `Dataset`
-over loose files (PIL JPEG decode, `np.load` of float32 depth, PIL crop/resize, flip,
-canonical inverse depth, float tensors) given the same scenes with the same crops and flips;
-it reads no alpha and does no photometric augmentation.
+is the throughput of one dataloader worker. The baseline is a typical hand-written map-style
+`Dataset` over loose files (PIL JPEG decode, `np.load` of float32 depth, PIL crop/resize, flip,
+the same photometric augmentation with albumentations' stock ColorJitter and GaussNoise instead
+of the pipeline's one-pass versions, same parameters and random draws, canonical inverse depth,
+float tensors) given the same scenes with the same crops and flips: the same output. Both are
+also timed with photometric augmentation off (geometry and targets only).
 
 The loaders take turns sample by sample, so load from other processes hits them alike;
 rates are medians over `--rounds`, speedups medians of the per-round ratios. A last,
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import albumentations as A
 import cv2
 import numpy as np
 import torch
@@ -54,10 +56,11 @@ SEED = 0
 TARGET_SAMPLES_PER_S = 15.0
 TARGET_SPEEDUP = 2.0
 NO_PHOTOMETRIC = AugmentConfig(color_jitter_prob=0.0, blur_prob=0.0, noise_prob=0.0, jpeg_prob=0.0)
-LOADERS = {  # result key -> table label
-    "pipeline": "dp_train TrainStream",
-    "pipeline_no_photometric": "TrainStream, photometric off",
-    "baseline": "naive PIL Dataset (loose files)",
+LOADERS = {  # result key -> (table label, the baseline it is compared with)
+    "pipeline": ("dp_train TrainStream", "baseline"),
+    "baseline": ("naive PIL Dataset (loose files)", "baseline"),
+    "pipeline_no_photometric": ("TrainStream, photometric off", "baseline_no_photometric"),
+    "baseline_no_photometric": ("naive PIL Dataset, photometric off", "baseline_no_photometric"),
 }
 
 
@@ -126,14 +129,17 @@ def pipeline_loader(index: Path, size: int, total: int, cfg: AugmentConfig | Non
 
 
 class LooseFileDataset(Dataset):
-    """A typical hand-written loader: PIL decode, PIL crop/resize, flip, inverse depth, float tensors.
+    """A typical hand-written loader: PIL decode, PIL crop/resize, flip, photometric augmentation,
+    inverse depth, float tensors.
 
-    Item i is scene `keys[i]` with the crop and flip that TrainTransform draws from `seeds[i]`
-    (same zoom range and flip probability), so both loaders resize the same crops.
+    Item i is scene `keys[i]` with the crop, flip and photometric parameters that TrainTransform
+    draws from `seeds[i]`, so both loaders do the same work on the same crops.
     """
 
     def __init__(self, root: Path, keys: list[str], seeds: list[int], size: int, cfg: AugmentConfig) -> None:
         self.root, self.keys, self.seeds, self.size, self.cfg = root, keys, seeds, size, cfg
+        self.colour_jitter = stock_transforms(augment.colour_jitter(cfg))
+        self.degradation = stock_transforms(augment.degradation(cfg))
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -143,13 +149,13 @@ class LooseFileDataset(Dataset):
         image = Image.open(self.root / f"{key}.jpg").convert("RGB")
         depth = np.load(self.root / f"{key}.npy")
         f_px = json.loads((self.root / f"{key}.json").read_text())["f_px"]
-        box, flip = self.draw(depth.shape, self.seeds[index])
+        box, flip, photometric_seed = self.draw(depth.shape, self.seeds[index])
         image = image.crop(box).resize((size, size), Image.BILINEAR)
         depth_view = Image.fromarray(depth).crop(box).resize((size, size), Image.NEAREST)
         if flip:
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
             depth_view = depth_view.transpose(Image.FLIP_LEFT_RIGHT)
-        rgb = np.asarray(image, dtype=np.float32) / 255.0
+        rgb = self.photometric(np.asarray(image), photometric_seed).astype(np.float32) / 255.0
         depth = np.asarray(depth_view, dtype=np.float32)
         valid = depth > 0
         target = np.zeros_like(depth)
@@ -160,14 +166,35 @@ class LooseFileDataset(Dataset):
             "valid": torch.from_numpy(valid)[None],
         }
 
-    def draw(self, shape: tuple[int, int], seed: int) -> tuple[tuple[int, int, int, int], bool]:
-        """PIL crop box (left, top, right, bottom) and flip, drawn like TrainTransform does."""
+    def draw(self, shape: tuple[int, int], seed: int) -> tuple[tuple[int, int, int, int], bool, int]:
+        """PIL crop box (left, top, right, bottom), flip and photometric seed, drawn like TrainTransform."""
         rng = np.random.default_rng(seed)
         height, width = shape
         side = max(1, int(round(min(height, width) / rng.uniform(*self.cfg.zoom_range))))
         top = int(rng.integers(0, height - side + 1))
         left = int(rng.integers(0, width - side + 1))
-        return (left, top, left + side, top + side), bool(rng.random() < self.cfg.flip_prob)
+        flip = bool(rng.random() < self.cfg.flip_prob)
+        return (left, top, left + side, top + side), flip, int(rng.integers(2**31))
+
+    def photometric(self, image: np.ndarray, seed: int) -> np.ndarray:
+        """Colour jitter then degradation at network resolution, seeded like TrainTransform."""
+        self.colour_jitter.set_random_seed(seed)
+        self.degradation.set_random_seed(seed + 1)
+        return self.degradation(image=self.colour_jitter(image=image)["image"])["image"]
+
+
+def stock_transforms(pipeline: A.Compose) -> A.Compose:
+    """`pipeline` with its one-pass colour jitter and luma noise replaced by the stock albumentations
+    transforms they subclass (same parameters, same random draws): what a hand-written loader uses."""
+
+    def stock(t: A.BasicTransform) -> A.BasicTransform:
+        if isinstance(t, augment.AffineColorJitter):
+            return A.ColorJitter(brightness=t.brightness, contrast=t.contrast, saturation=t.saturation, hue=t.hue, p=t.p)
+        if isinstance(t, augment.LumaNoise):
+            return A.GaussNoise(std_range=t.std_range, per_channel=False, p=t.p)
+        return t
+
+    return A.Compose([stock(t) for t in pipeline.transforms])
 
 
 def run_round(args: argparse.Namespace, index: Path) -> dict[str, float]:
@@ -179,11 +206,15 @@ def run_round(args: argparse.Namespace, index: Path) -> dict[str, float]:
     total = args.warmup + args.samples
     keys: list[str] = []  # filled in by the pipeline as it goes
     seeds = [sample_seed(SEED, 0, 0, i, 0) for i in range(total)]  # the stream's per-sample seeds
-    dataset = LooseFileDataset(index.parent / "loose", keys, seeds, args.size, AugmentConfig())
+    def baseline(cfg: AugmentConfig) -> Iterator[dict]:
+        dataset = LooseFileDataset(index.parent / "loose", keys, seeds, args.size, cfg)
+        return iter(DataLoader(dataset, batch_size=1, sampler=range(total), num_workers=0))
+
     loaders = {
         "pipeline": iter(pipeline_loader(index, args.size, total)),
+        "baseline": baseline(AugmentConfig()),
         "pipeline_no_photometric": iter(pipeline_loader(index, args.size, total, NO_PHOTOMETRIC)),
-        "baseline": iter(DataLoader(dataset, batch_size=1, sampler=range(total), num_workers=0)),
+        "baseline_no_photometric": baseline(NO_PHOTOMETRIC),
     }
     seconds = dict.fromkeys(loaders, 0.0)
     for i in range(total):
@@ -261,25 +292,26 @@ STAGES = {  # (module, function the stream calls through that module's globals) 
     (stream, "raw_records"): "read raw record",
     (schema, "_decode_image"): "decode image",
     (schema, "_decode_depth"): "decode depth",
-    (stream, "decode_sample"): "decode: json, checks, alpha",
-    (augment, "make_view"): "geometric augmentation",
+    (stream, "decode_sample"): "decode: json, checks",
+    (augment, "make_view"): "crop, resize, flip",
     (augment, "inverse_depth_target"): "target (inverse depth)",
     (stream, "collate"): "collate",
 }
-PHOTOMETRIC = "photometric augmentation"
-REPORT_ORDER = [*list(STAGES.values())[:5], PHOTOMETRIC, *list(STAGES.values())[5:]]  # stream order
+TRANSFORM_STAGES = {"recolour": "colour jitter", "degradation": "blur, noise, JPEG"}  # TrainTransform attribute
+REPORT_ORDER = [*STAGES.values(), *TRANSFORM_STAGES.values()]
 
 
 @contextlib.contextmanager
 def instrumented(loader: DataLoader, timer: StageTimer) -> Iterator[None]:
-    """Patch the stream's stage functions (and the loader's photometric transform) with timed wrappers."""
+    """Patch the stream's stage functions (and the loader's photometric transforms) with timed wrappers."""
     transform = loader.dataset.transform
     with contextlib.ExitStack() as patches:
         for (module, name), stage in STAGES.items():
             wrap = timer.wrap_iterator if name == "raw_records" else timer.wrap
             patches.enter_context(mock.patch.object(module, name, wrap(stage, getattr(module, name))))
-        timed_photometric = TimedCalls(timer, PHOTOMETRIC, transform.photometric)
-        patches.enter_context(mock.patch.object(transform, "photometric", timed_photometric))
+        for attribute, stage in TRANSFORM_STAGES.items():
+            timed = TimedCalls(timer, stage, getattr(transform, attribute))
+            patches.enter_context(mock.patch.object(transform, attribute, timed))
         yield
 
 
@@ -310,12 +342,15 @@ def summarize(args: argparse.Namespace, rounds: list[dict[str, float]], stages: 
     def median(value: Callable[[dict[str, float]], float]) -> float:
         return round(statistics.median(value(r) for r in rounds), 3)
 
+    rates = {name: median(lambda r, name=name: r[name]) for name in LOADERS}
+    speedups = {name: median(lambda r, name=name, base=base: r[name] / r[base]) for name, (_, base) in LOADERS.items()}
     return {
-        "samples_per_s_per_worker": median(lambda r: r["pipeline"]),
-        "baseline_samples_per_s_per_worker": median(lambda r: r["baseline"]),
-        "speedup_vs_baseline": median(lambda r: r["pipeline"] / r["baseline"]),
-        "no_photometric_samples_per_s_per_worker": median(lambda r: r["pipeline_no_photometric"]),
-        "no_photometric_speedup_vs_baseline": median(lambda r: r["pipeline_no_photometric"] / r["baseline"]),
+        "samples_per_s_per_worker": rates["pipeline"],
+        "baseline_samples_per_s_per_worker": rates["baseline"],
+        "speedup_vs_baseline": speedups["pipeline"],
+        "no_photometric_samples_per_s_per_worker": rates["pipeline_no_photometric"],
+        "no_photometric_baseline_samples_per_s_per_worker": rates["baseline_no_photometric"],
+        "no_photometric_speedup_vs_baseline": speedups["pipeline_no_photometric"],
         "size": args.size, "scenes": args.count, "samples": args.samples, "warmup": args.warmup,
         "rounds": len(rounds), "threads": args.threads,
         "round_samples_per_s": [{k: round(v, 3) for k, v in r.items()} for r in rounds],
@@ -325,19 +360,21 @@ def summarize(args: argparse.Namespace, rounds: list[dict[str, float]], stages: 
 
 def print_tables(result: dict) -> None:
     """Markdown tables: throughput and speedups, the targets, then the pipeline's stage breakdown."""
-    rates = {
-        "pipeline": (result["samples_per_s_per_worker"], result["speedup_vs_baseline"]),
-        "pipeline_no_photometric": (result["no_photometric_samples_per_s_per_worker"],
-                                    result["no_photometric_speedup_vs_baseline"]),
-        "baseline": (result["baseline_samples_per_s_per_worker"], 1.0),
+    rows = {  # loader -> (rate key, speedup key or None for a baseline)
+        "pipeline": ("samples_per_s_per_worker", "speedup_vs_baseline"),
+        "baseline": ("baseline_samples_per_s_per_worker", None),
+        "pipeline_no_photometric": ("no_photometric_samples_per_s_per_worker", "no_photometric_speedup_vs_baseline"),
+        "baseline_no_photometric": ("no_photometric_baseline_samples_per_s_per_worker", None),
     }
     print(f"{result['size']}x{result['size']}, {result['samples']} samples after {result['warmup']} warm-up, "
           f"median of {result['rounds']} round(s), {result['threads']} thread(s) per worker\n")
-    print("| loader | samples/s per worker | ms/sample | vs baseline |\n|---|---:|---:|---:|")
-    for key, label in LOADERS.items():
-        rate, speedup = rates[key]
-        print(f"| {label} | {rate:.2f} | {1e3 / rate:.0f} | {speedup:.2f}x |")
-    rate, speedup = rates["pipeline"]
+    print("| loader | samples/s per worker | ms/sample | vs its naive baseline |\n|---|---:|---:|---:|")
+    for key, (label, _) in LOADERS.items():
+        rate_key, speedup_key = rows[key]
+        rate = result[rate_key]
+        speedup = f"{result[speedup_key]:.2f}x" if speedup_key else "1.00x"
+        print(f"| {label} | {rate:.2f} | {1e3 / rate:.0f} | {speedup} |")
+    rate, speedup = result["samples_per_s_per_worker"], result["speedup_vs_baseline"]
     met = {True: "met", False: "missed"}
     print(f"\ntargets: >= {TARGET_SAMPLES_PER_S:g} samples/s per worker {met[rate >= TARGET_SAMPLES_PER_S]}, "
           f">= {TARGET_SPEEDUP:g}x baseline {met[speedup >= TARGET_SPEEDUP]}")

