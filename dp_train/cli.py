@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import pickle
 import sys
 from typing import NoReturn
 
 from jsonargparse import ActionConfigFile, lazy_instance
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
+
+from dp_train.data.stream import DataError
+from dp_train.resume import AtomicCheckpointIO, CheckpointError
 
 LIGHTNING_COMMANDS: dict[str, str] = {
     "fit": "train from a recipe (--recipe FILE.yaml, repeatable; dotted overrides)",
@@ -28,9 +32,12 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 """Plain subcommands: name -> (module providing `add_arguments(parser)` and `run(args) -> int`, help line)."""
 
-TRAINER_DEFAULTS = {"logger": lazy_instance(WandbLogger, project="dp_train", save_dir="runs")}
-"""Used where a recipe sets no logger: wandb (honours WANDB_MODE). Recipe callbacks add to, never replace, defaults,
-so the rich progress bar is set in the recipes."""
+TRAINER_DEFAULTS = {
+    "logger": lazy_instance(WandbLogger, project="dp_train", save_dir="runs"),
+    "plugins": lazy_instance(AtomicCheckpointIO),
+}
+"""Used where a recipe sets none: wandb (honours WANDB_MODE) and kill-safe checkpoint files. Recipe callbacks add
+to, never replace, defaults, so the rich progress bar is set in the recipes."""
 
 
 class RecipeParser(LightningArgumentParser):
@@ -57,6 +64,15 @@ class DepthProCLI(LightningCLI):
         )
         return parser
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning reads `--ckpt_path`'s hyper-parameters first: refuse an unreadable file in one line there too."""
+        try:
+            super()._parse_ckpt_path()
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
+            path = self.config[self.config.subcommand].get("ckpt_path")
+            raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): "
+                                  f"{type(err).__name__}: {str(err).splitlines()[0]}") from None
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Options of our own next to the trainer/model/data groups."""
         parser.add_argument(
@@ -82,15 +98,19 @@ def run_lightning(argv: list[str]) -> int:
     from dp_train.data.datamodule import DepthDataModule
     from dp_train.module import DepthProModule
 
-    DepthProCLI(
-        DepthProModule,
-        DepthDataModule,
-        args=None if argv == sys.argv[1:] else argv,  # LightningCLI warns when given sys.argv twice
-        trainer_defaults=TRAINER_DEFAULTS,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"prog": "dp_train"},
-        parser_class=RecipeParser,
-    )
+    try:
+        DepthProCLI(
+            DepthProModule,
+            DepthDataModule,
+            args=None if argv == sys.argv[1:] else argv,  # LightningCLI warns when given sys.argv twice
+            trainer_defaults=TRAINER_DEFAULTS,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"prog": "dp_train"},
+            parser_class=RecipeParser,
+        )
+    except (CheckpointError, DataError) as err:
+        sys.stderr.write(f"error: {err}\n")
+        return 1
     return 0
 
 

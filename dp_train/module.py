@@ -15,6 +15,7 @@ from torchmetrics import MetricCollection
 from dp_train.losses import LossWeights, depth_objective, fov_objective
 from dp_train.metrics import BoundaryF1, BoundaryRecall, DepthMetrics, FocalMetrics
 from dp_train.model import DepthProConfig, build_depth_pro, load_weights
+from dp_train.resume import gather_per_rank, own_entry, rng_state, set_rng_state
 from dp_train.visualize import depth_panel
 
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "gamma", "norm", "bias")
@@ -97,18 +98,36 @@ class DepthProModule(L.LightningModule):
             load_weights(self.net, init_from, strict=init_strict)
         self.mode = mode
         self.loss_weights = loss
-        if mode == "fov":
-            self._freeze_all_but_fov()
+        self._freeze_for_mode()
         self.eval_metrics = nn.ModuleDict()
         self._bad_records: torch.Tensor | None = None
         self._last_batch_time: float | None = None
+        self._resumed_rng: dict[str, Any] | None = None
 
-    def _freeze_all_but_fov(self) -> None:
-        """FOV mode: only `fov.*` parameters train; the depth network is frozen."""
-        if self.net.fov is None:
+    def _freeze_for_mode(self) -> None:
+        """FOV mode trains only `fov.*` (the depth network frozen); depth mode freezes `fov.*` (the FOV
+        head is trained separately; frozen, DDP does not wait for gradients it never gets)."""
+        if self.mode == "fov" and self.net.fov is None:
             raise ValueError("mode='fov' needs a network with fov_head=True")
         for name, param in self.net.named_parameters():
-            param.requires_grad_(name.startswith("fov."))
+            if name.startswith("fov.") != (self.mode == "fov"):
+                param.requires_grad_(False)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Add every rank's RNG states (a collective: Lightning builds the checkpoint on all ranks)."""
+        checkpoint["rng_per_rank"] = gather_per_rank(rng_state())
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep this rank's RNG states for the first training batch after the resume (see below)."""
+        if "rng_per_rank" in checkpoint:
+            self._resumed_rng = own_entry(checkpoint["rng_per_rank"], "RNG state")
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        """Restore the checkpoint's RNG states just before the first batch after a resume: creating the
+        data loaders in between draws from them, so restoring at load time would shift every draw."""
+        if self._resumed_rng is not None:
+            set_rng_state(self._resumed_rng)
+            self._resumed_rng = None
 
     # ------------------------------------------------------------------ setup
 
@@ -179,7 +198,7 @@ class DepthProModule(L.LightningModule):
                 _, lowres = self.net.decoder(encodings)
             fov = self.net.fov(batch["image"], lowres)
             return fov_objective(fov, batch["f_px"], batch["image"].shape[-1])
-        pred, _ = self.net(batch["image"])
+        pred, _ = self.net(batch["image"], with_fov=False)
         return depth_objective(
             pred, batch["target"], batch["valid"], batch["metric"], batch["synthetic"], batch["sparse"],
             self.loss_weights, self.hparams.trim_fraction, self.hparams.derivative_scales,

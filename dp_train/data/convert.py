@@ -20,7 +20,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -312,15 +312,21 @@ def _load(path: Path, reader: Callable[[Path], np.ndarray]) -> np.ndarray:
         raise SkipSample(f"cannot read {path.name}: {e}") from None
 
 
+def safe_result(stem: str, work: Callable[[], tuple[dict[str, bytes | str], SampleStats]]) -> Result:
+    """Run one sample's conversion; any failure becomes a skipped Result carrying the reason,
+    so that one bad file never stops a long conversion."""
+    try:
+        raw, stats = work()
+    except SkipSample as e:
+        return Result(stem, None, str(e), None)
+    except Exception as e:
+        return Result(stem, None, f"{type(e).__name__}: {e}", None)
+    return Result(stem, raw, None, stats)
+
+
 def convert_one(job: Job, opts: Options) -> Result:
     """Load, validate and encode one sample (runs in a worker process)."""
-    try:
-        raw, stats = _convert(job, opts)
-    except SkipSample as e:
-        return Result(job.stem, None, str(e), None)
-    except Exception as e:  # a bad file must not stop a long conversion
-        return Result(job.stem, None, f"{type(e).__name__}: {e}", None)
-    return Result(job.stem, raw, None, stats)
+    return safe_result(job.stem, functools.partial(_convert, job, opts))
 
 
 def _convert(job: Job, opts: Options) -> tuple[dict[str, bytes | str], SampleStats]:
@@ -468,6 +474,18 @@ def _check_dir(path: str | None, flag: str) -> Path | None:
     return folder
 
 
+def check_output(out: Path, prefix: str) -> None:
+    """ConvertError unless shards `prefix` can be written into `out` without replacing any."""
+    if "/" in prefix or prefix.startswith("."):
+        raise ConvertError(f"--prefix {prefix!r} must be a plain file-name prefix")
+    if out.exists() and not out.is_dir():
+        raise ConvertError(f"--out {out} exists and is not a folder")
+    pattern = glob.escape(prefix)
+    existing = sorted(out.glob(f"{pattern}.index.json")) + sorted(out.glob(f"{pattern}-*.tar"))
+    if existing:
+        raise ConvertError(f"{existing[0]} already exists: choose another --prefix or delete the old shards")
+
+
 def _prepare(args: argparse.Namespace) -> tuple[Options, list[Job], list[tuple[str, str]]]:
     """Check the arguments and inputs and match the files; raises ConvertError."""
     images_dir, depth_dir = _check_dir(args.images, "--images"), _check_dir(args.depth, "--depth")
@@ -477,15 +495,7 @@ def _prepare(args: argparse.Namespace) -> tuple[Options, list[Job], list[tuple[s
             raise ConvertError(f"{flag} must be positive, got {value}")
     if args.samples_per_shard < 1 or args.workers < 1:
         raise ConvertError("--samples-per-shard and --workers must be >= 1")
-    out, prefix = Path(args.out), args.prefix or args.dataset
-    if "/" in prefix or prefix.startswith("."):
-        raise ConvertError(f"--prefix {prefix!r} must be a plain file-name prefix")
-    if out.exists() and not out.is_dir():
-        raise ConvertError(f"--out {out} exists and is not a folder")
-    pattern = glob.escape(prefix)
-    existing = sorted(out.glob(f"{pattern}.index.json")) + sorted(out.glob(f"{pattern}-*.tar"))
-    if existing:
-        raise ConvertError(f"{existing[0]} already exists: choose another --prefix or delete the old shards")
+    check_output(Path(args.out), args.prefix or args.dataset)
     focal = read_focal_file(Path(args.focal_file)) if args.focal_file else None
     jobs, skipped = find_jobs(images_dir, depth_dir, mask_dir, args.f_px, focal, str(args.focal_file))
     if not jobs:
@@ -505,14 +515,38 @@ def _prepare(args: argparse.Namespace) -> tuple[Options, list[Job], list[tuple[s
     return opts, jobs, skipped
 
 
-def _results(jobs: list[Job], opts: Options, workers: int) -> Iterator[Result]:
-    """convert_one over jobs, in order, in `workers` processes."""
-    work = functools.partial(convert_one, opts=opts)
-    if workers == 1:
+def parallel_results(work: Callable[[Any], Result], jobs: Sequence[Any], workers: int) -> Iterator[Result]:
+    """work(job) for every job, in order, in `workers` processes (in this one when 1); `work`
+    and the jobs must be picklable (module-level functions, partials, dataclasses)."""
+    processes = min(workers, len(jobs))
+    if processes <= 1:
         yield from map(work, jobs)
         return
-    with multiprocessing.get_context().Pool(min(workers, len(jobs))) as pool:
+    with multiprocessing.get_context().Pool(processes) as pool:
         yield from pool.imap(work, jobs, chunksize=1)
+
+
+def collect_results(
+    results: Iterable[Result], writer: ShardWriter, report: Report, skipped: list[tuple[str, str]]
+) -> None:
+    """Write every converted sample and fold its statistics into `report`; list the others in `skipped`."""
+    for res in results:
+        if res.raw is None:
+            skipped.append((res.stem, str(res.reason)))
+        else:
+            writer.write_encoded(res.raw)
+            report.add(res.stats)
+
+
+def save_report(result: dict[str, Any], skipped: list[tuple[str, str]]) -> int:
+    """Write the skip list and report named in `result`, print the summary; 1 if nothing was written."""
+    write_text_atomic(result["skipped_list"], "".join(f"{s}\t{r}\n" for s, r in skipped))
+    write_text_atomic(result["report"], json.dumps(result, indent=2) + "\n")
+    _print_report(result, skipped)
+    if result["samples_written"] == 0:
+        print(f"error: every sample was skipped (see {result['skipped_list']})", file=sys.stderr)
+        return 1
+    return 0
 
 
 def convert(args: argparse.Namespace) -> int:
@@ -522,13 +556,9 @@ def convert(args: argparse.Namespace) -> int:
     report = Report()
     with ShardWriter(out, prefix, max_samples=args.samples_per_shard,
                      depth_format=opts.depth_format, image_format=opts.image_format) as writer:
-        for res in tqdm(_results(jobs, opts, args.workers), total=len(jobs), unit="sample",
-                        desc=opts.dataset, disable=None):
-            if res.raw is None:
-                skipped.append((res.stem, str(res.reason)))
-            else:
-                writer.write_encoded(res.raw)
-                report.add(res.stats)
+        results = parallel_results(functools.partial(convert_one, opts=opts), jobs, args.workers)
+        collect_results(tqdm(results, total=len(jobs), unit="sample", desc=opts.dataset, disable=None),
+                        writer, report, skipped)
     skipped.sort()
     metric, depth_kind, _ = UNITS[opts.units]
     summary = report.summary()
@@ -540,13 +570,7 @@ def convert(args: argparse.Namespace) -> int:
         "index": str(writer.index_path), "report": str(out / f"{prefix}.report.json"),
         "skipped_list": str(out / f"{prefix}.skipped.txt"),
     }
-    write_text_atomic(result["skipped_list"], "".join(f"{s}\t{r}\n" for s, r in skipped))
-    write_text_atomic(result["report"], json.dumps(result, indent=2) + "\n")
-    _print_report(result, skipped)
-    if writer.num_samples == 0:
-        print(f"error: every sample was skipped (see {result['skipped_list']})", file=sys.stderr)
-        return 1
-    return 0
+    return save_report(result, skipped)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -582,11 +606,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: exit code 0 (ok), 1 (nothing written) or 2 (bad arguments or inputs)."""
-    args = build_parser().parse_args(argv)
+def run_reporting_errors(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """run(args), turning ConvertError into one `error:` line on stderr and exit code 2."""
     try:
-        return convert(args)
+        return run(args)
     except ConvertError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: exit code 0 (ok), 1 (nothing written) or 2 (bad arguments or inputs)."""
+    return run_reporting_errors(convert, build_parser().parse_args(argv))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import cv2
 import lightning as L
@@ -10,6 +13,9 @@ from torch.utils.data import DataLoader
 
 from dp_train.data.augment import AugmentConfig, EvalTransform, TrainTransform
 from dp_train.data.stream import SourceConfig, TrainStream, ValStream, normalize_images
+from dp_train.resume import TrainPosition, gather_per_rank, own_entry
+
+log = logging.getLogger(__name__)
 
 
 def single_threaded_worker(worker_id: int) -> None:
@@ -90,6 +96,7 @@ class DepthDataModule(L.LightningDataModule):
         self.seed = seed
         self.max_bad_fraction = max_bad_fraction
         self.pin_memory = pin_memory
+        self.train_position = TrainPosition()
         self.train_stream: TrainStream | None = None
         self.val_stream: ValStream | None = None
         self.test_stream: ValStream | None = None
@@ -134,13 +141,22 @@ class DepthDataModule(L.LightningDataModule):
         """Endless weighted mixture, a fixed number of batches per epoch on every rank."""
         if self.train_stream is None:
             raise ValueError("the recipe has no data.train_sources")
-        trainer = self.trainer
-        if trainer is None:
+        if self.trainer is None:
             return self._loader(self.train_stream)
-        return self._loader(
-            self.train_stream,
-            lambda: (trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.ready),
-        )
+        return self._loader(self.train_stream, self._train_start)
+
+    def _train_start(self) -> tuple[int, int]:
+        """(epoch, batches of it already trained) from the trainer; on a resume, also tells the
+        stream how many raw records each worker already consumed, so it continues exactly."""
+        trainer = self.trainer
+        epoch, done = trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        workers = max(1, self.num_workers)
+        if done and self.train_position.workers not in (0, workers):
+            log.warning("resuming with %d dataloader workers instead of %d: this epoch's data is redrawn, "
+                        "not continued exactly", workers, self.train_position.workers)
+            self.train_position = TrainPosition()
+        self.train_stream.resume_records = self.train_position.skips_for(epoch) if done else {}
+        return epoch, done
 
     def val_dataloader(self) -> EpochLoader | list:
         """Every validation sample exactly once across ranks and workers (empty without val sources)."""
@@ -151,6 +167,24 @@ class DepthDataModule(L.LightningDataModule):
         if self.test_stream is None:
             raise ValueError("the recipe has no data.test_sources")
         return self._loader(self.test_stream)
+
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Account each trained batch's raw records per worker (the stream position a resume needs)."""
+        if "records_read" in batch and self.trainer is not None and self.trainer.training:
+            self.train_position.add(self.trainer.current_epoch, int(batch["worker"]), max(1, self.num_workers),
+                                    batch["records_read"].tolist())
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every rank's train-stream position (a collective: Lightning calls it on all ranks)."""
+        return {"train_position": gather_per_rank(dataclasses.asdict(self.train_position))}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take this rank's stream position from a checkpoint."""
+        if "train_position" in state:
+            entry = own_entry(state["train_position"], "data-stream position")
+            records = {int(worker): list(counts) for worker, counts in entry["records"].items()}
+            self.train_position = TrainPosition(entry["epoch"], entry["workers"], records)
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """Normalise uint8 images to [-1, 1] on the device."""

@@ -15,6 +15,7 @@ source and reported with each batch; a source whose failure share exceeds
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import time
 from collections.abc import Iterator
@@ -178,24 +179,29 @@ def shuffled(records: Iterator[dict], buffer: int, rng: np.random.Generator) -> 
     yield from pool
 
 
-def decoded(
-    records: Iterator[dict], source: SourceConfig, health: SourceHealth, keep_alpha: bool = True
-) -> Iterator[Sample]:
-    """Decode and validate records; bad ones are counted and skipped, never trained on.
+def decoded(records: Iterator[dict], source: SourceConfig, health: SourceHealth) -> Iterator[Sample]:
+    """Decode and validate records; bad ones are counted and skipped, never trained on."""
+    for record in records:
+        sample = decode_record(record, source, health)
+        if sample is not None:
+            yield sample
+
+
+def decode_record(record: dict, source: SourceConfig, health: SourceHealth, keep_alpha: bool = True) -> Sample | None:
+    """The record as a Sample, or None (counted as bad) when it cannot be decoded or fails a check.
 
     With `keep_alpha` False the matting alpha is not decoded: only validation's
     boundary recall reads it, and at 1536 px it costs training ~10 ms a sample.
     """
-    for record in records:
-        if not keep_alpha:
-            record.pop("alpha.png", None)
-        try:
-            sample = apply_flags(decode_sample(record), source)
-        except Exception as err:  # noqa: BLE001 - any decode failure is one bad record
-            health.record_bad(f"{record.get('__key__', '?')} in {record.get('__url__', '?')}: {err}")
-            continue
-        health.record_ok()
-        yield sample
+    if not keep_alpha:
+        record.pop("alpha.png", None)
+    try:
+        sample = apply_flags(decode_sample(record), source)
+    except Exception as err:  # noqa: BLE001 - any decode failure is one bad record
+        health.record_bad(f"{record.get('__key__', '?')} in {record.get('__url__', '?')}: {err}")
+        return None
+    health.record_ok()
+    return sample
 
 
 def apply_flags(sample: Sample, source: SourceConfig) -> Sample:
@@ -289,6 +295,8 @@ class TrainStream(_StreamBase):
         super().__init__(sources, transform, batch_size, **kwargs)
         self.samples_per_epoch = samples_per_epoch
         self.shuffle_buffer = shuffle_buffer
+        self.resume_records: dict[int, list[int]] = {}
+        """Worker id -> raw records per source already trained on in this epoch (set on resume)."""
         self.set_weights([s.weight for s in self.sources])
 
     def set_weights(self, weights: list[float]) -> None:
@@ -323,33 +331,63 @@ class TrainStream(_StreamBase):
     def __len__(self) -> int:
         return self.batches_per_epoch
 
-    def _endless(self, index: int, place: Placement, health: SourceHealth) -> Iterator[Sample]:
-        """Pass after pass over one source's shards (each pass reshuffled); no repeat within a pass."""
+    def _endless(self, index: int, place: Placement, health: SourceHealth, read: list[int], skip: int
+                 ) -> Iterator[Sample]:
+        """Pass after pass over one source's shards (each pass reshuffled); no repeat within a pass.
+
+        The first `skip` raw records are passed over undecoded (those a resumed run already
+        trained on); every later one taken from the shuffled stream adds one to `read[index]`.
+        """
         source = self.sources[index]
-        for pass_index in range(1 << 62):
+        for pass_index in itertools.count():
             pass_seed = sample_seed(self.seed, self.epoch, index, pass_index)
             shards, stride, offset = assign_shards(source.shard_urls(), place, pass_seed)
             rng = np.random.default_rng(sample_seed(pass_seed, place.index))
-            records = shuffled(raw_records(shards, stride, offset, health), self.shuffle_buffer, rng)
             produced = False
-            for sample in decoded(records, source, health, keep_alpha=False):
-                produced = True
-                yield sample
+            for record in shuffled(raw_records(shards, stride, offset, health), self.shuffle_buffer, rng):
+                if skip > 0:
+                    skip, produced = skip - 1, True
+                    continue
+                read[index] += 1
+                sample = decode_record(record, source, health, keep_alpha=False)
+                if sample is not None:
+                    produced = True
+                    yield sample
             if not produced:
                 raise DataError(f"source {source.name!r}: no readable sample in its shards for worker {place.index}")
 
+    def picks(self, batch_index: int) -> np.ndarray:
+        """Source index of each sample of a batch: a pure function of the position, so a resumed run
+        draws what the interrupted one would have."""
+        weights = self.weights_at(self.epoch * self.batches_per_epoch + batch_index)
+        rng = np.random.default_rng(sample_seed(self.seed, self.epoch, self.rank, batch_index))
+        return rng.choice(len(self.sources), size=self.batch_size, p=weights)
+
+    def _slot(self, place: Placement) -> Placement:
+        """The placement whose data this worker process continues: batch b always comes from slot
+        b % num_workers (its shards, shuffles and position), while the DataLoader hands the first
+        batch after `start_batch` to worker process 0, the next to 1, and so on."""
+        slot = (self.start_batch + place.worker) % place.num_workers
+        return dataclasses.replace(place, worker=slot)
+
     def __iter__(self) -> Iterator[dict]:
-        place = current_placement(self.rank, self.world_size)
+        """This worker's batches from `start_batch` on; each reports `batch_index`, `worker` and
+        `records_read` (raw records taken per source for it), from which a resumed run finds its place."""
+        process = current_placement(self.rank, self.world_size)
+        place = self._slot(process)
         health = self._health()
-        streams = [self._endless(i, place, health[i]) for i in range(len(self.sources))]
-        rng = np.random.default_rng(sample_seed(self.seed, self.epoch, place.index))
-        my_batches = range(self.start_batch + place.worker, self.batches_per_epoch, place.num_workers)
-        for batch_index in my_batches:
-            weights = self.weights_at(self.epoch * self.batches_per_epoch + batch_index)
-            picks = rng.choice(len(self.sources), size=self.batch_size, p=weights)
-            samples = [(int(i), next(streams[i])) for i in picks]
+        skips = self.resume_records.get(place.worker, [0] * len(self.sources))
+        read = [0] * len(self.sources)
+        streams = [self._endless(i, place, health[i], read, skips[i]) for i in range(len(self.sources))]
+        for batch_index in range(self.start_batch + process.worker, self.batches_per_epoch, process.num_workers):
+            read[:] = [0] * len(self.sources)
+            samples = [(int(i), next(streams[i])) for i in self.picks(batch_index)]
             seeds = [sample_seed(self.seed, self.epoch, self.rank, batch_index, k) for k in range(self.batch_size)]
-            yield self._batch(samples, health, seeds)
+            batch = self._batch(samples, health, seeds)
+            batch["batch_index"] = torch.tensor(batch_index)
+            batch["worker"] = torch.tensor(place.worker)
+            batch["records_read"] = torch.tensor(read, dtype=torch.long)
+            yield batch
 
 
 class ValStream(_StreamBase):

@@ -178,6 +178,9 @@ class MultiResolutionDecoder(nn.Module):
             [first] + [nn.Conv2d(d, features, kernel_size=3, padding=1, bias=False) for d in level_dims[1:]]
         )
         self.fusions = nn.ModuleList([FusionBlock(features, upsample=i != 0) for i in range(len(level_dims))])
+        # The coarsest fusion has no skip input: its resnet1 exists for the reference checkpoint layout only.
+        # Frozen, DDP does not wait for gradients it never gets.
+        self.fusions[-1].resnet1.requires_grad_(False)
 
     def forward(self, levels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the fused full-detail features and the projected lowest-resolution features."""
@@ -262,8 +265,9 @@ class DepthPro(nn.Module):
         vits = [self.encoder.patch_encoder, self.encoder.image_encoder]
         return vits + ([self.fov.encoder[0]] if self.fov is not None else [])
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Map a (B, 3, S, S) image in [-1, 1] to canonical inverse depth (B, 1, S, S) and FOV (B,) or None.
+    def forward(self, x: torch.Tensor, with_fov: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Map a (B, 3, S, S) image in [-1, 1] to canonical inverse depth (B, 1, S, S) and FOV (B,) or None
+        (no FOV head, or `with_fov` False: depth training skips the FOV ViT's cost).
 
         The FOV head sees the decoder's features detached, so training it never
         changes the depth network.
@@ -273,7 +277,7 @@ class DepthPro(nn.Module):
             raise ValueError(f"expected a (B, 3, {size}, {size}) image batch, got {tuple(x.shape)}; use infer()")
         features, lowres = self.decoder(self.encoder(x))
         canonical_inverse_depth = self.head(features)
-        fov_deg = self.fov(x, lowres.detach()) if self.fov is not None else None
+        fov_deg = self.fov(x, lowres.detach()) if self.fov is not None and with_fov else None
         return canonical_inverse_depth, fov_deg
 
     @torch.no_grad()

@@ -1,0 +1,129 @@
+"""What a run needs, beyond Lightning's own checkpoint contents, to continue exactly after a kill.
+
+Lightning checkpoints the weights, optimizer, schedulers and callback states, but
+writes them from rank 0 only and non-atomically. This module adds:
+
+- `gather_per_rank`: per-rank state (data-stream positions, RNG states) collected
+  from every rank into the checkpoint, so each rank finds its own on resume;
+- `TrainPosition`: raw records each dataloader worker consumed per source in the
+  current epoch — with the deterministic per-batch mixture draws this is the
+  complete position of the training stream, bad records included;
+- RNG capture/restore for torch (CPU and CUDA), numpy and Python;
+- `AtomicCheckpointIO`: checkpoints written to a temporary file and renamed, so a
+  kill while saving never leaves a truncated `last.ckpt`, and a corrupt or
+  truncated checkpoint is refused with one line naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be read or does not belong to this run."""
+
+
+def gather_per_rank(obj: Any) -> list[Any]:
+    """`obj` from every rank, in rank order (a one-item list without torch.distributed).
+
+    A collective: every rank must call it (Lightning builds checkpoints on all ranks).
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def own_entry(entries: list[Any], what: str) -> Any:
+    """This rank's item of a `gather_per_rank` list; refuses a checkpoint from another world size."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+    if len(entries) != world:
+        raise CheckpointError(
+            f"the checkpoint's {what} comes from {len(entries)} rank(s), this run has {world}: "
+            "resume with the same number of processes (or start a new run initialised from the weights)"
+        )
+    return entries[rank]
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's torch, CUDA, numpy and Python RNG states (tensors and plain types only, so the
+    checkpoint still loads with `torch.load(weights_only=True)`)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` captured."""
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class TrainPosition:
+    """Raw records consumed per dataloader worker and source in one epoch of this rank's train stream."""
+
+    epoch: int = 0
+    workers: int = 0
+    """Dataloader workers of the stream (0: nothing recorded yet)."""
+    records: dict[int, list[int]] = field(default_factory=dict)
+
+    def add(self, epoch: int, worker: int, workers: int, records_read: list[int]) -> None:
+        """Account one trained batch produced by `worker` of `workers` (a new epoch starts from zero)."""
+        if epoch != self.epoch:
+            self.epoch, self.records = epoch, {}
+        self.workers = workers
+        counts = self.records.setdefault(worker, [0] * len(records_read))
+        self.records[worker] = [a + b for a, b in zip(counts, records_read)]
+
+    def skips_for(self, epoch: int) -> dict[int, list[int]]:
+        """Records each worker passes over when the stream restarts in `epoch` (none in another epoch)."""
+        return {w: list(c) for w, c in self.records.items()} if epoch == self.epoch else {}
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's torch checkpoint I/O, made safe against kills and clear about corrupt files."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        """Write `path` via a temporary file in the same folder and an atomic rename."""
+        if "://" in str(path):  # remote storage: fsspec writes the object in one request
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def load_checkpoint(self, path: str | Path, *args: Any, **kwargs: Any) -> dict:
+        """Read a checkpoint; a missing, truncated or corrupt file raises one CheckpointError naming it."""
+        if not get_filesystem(path).exists(path):
+            raise CheckpointError(f"{path}: checkpoint not found")
+        try:
+            return super().load_checkpoint(path, *args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - any unpickling/zip failure means an unusable file
+            raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): "
+                                  f"{type(err).__name__}: {str(err).splitlines()[0]}") from None
