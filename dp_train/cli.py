@@ -20,6 +20,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from dp_train.data.stream import DataError
 from dp_train.resume import AtomicCheckpointIO, CheckpointError
+from dp_train.slurm import PreemptionCheckpoint, use_stable_wandb_run
 
 LIGHTNING_COMMANDS: dict[str, str] = {
     "fit": "train from a recipe (--recipe FILE.yaml, repeatable; dotted overrides)",
@@ -35,9 +36,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 TRAINER_DEFAULTS = {
     "logger": lazy_instance(WandbLogger, project="dp_train", save_dir="runs"),
     "plugins": lazy_instance(AtomicCheckpointIO),
+    "callbacks": [lazy_instance(PreemptionCheckpoint)],
 }
-"""Used where a recipe sets none: wandb (honours WANDB_MODE) and kill-safe checkpoint files. Recipe callbacks add
-to, never replace, defaults, so the rich progress bar is set in the recipes."""
+"""Used where a recipe sets none: wandb (honours WANDB_MODE) and kill-safe checkpoint files. Recipe callbacks are
+added to the default ones (save-and-requeue on SIGUSR1/SIGTERM), so the rich progress bar is set in the recipes."""
 
 
 class RecipeParser(LightningArgumentParser):
@@ -98,6 +100,7 @@ def run_lightning(argv: list[str]) -> int:
     from dp_train.data.datamodule import DepthDataModule
     from dp_train.module import DepthProModule
 
+    use_stable_wandb_run()
     try:
         DepthProCLI(
             DepthProModule,
