@@ -13,7 +13,8 @@ SUFFIXES = (".pt", ".pth", ".safetensors")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the export command."""
-    parser.add_argument("--ckpt", required=True, type=Path, help="Lightning checkpoint (.ckpt) written by fit")
+    parser.add_argument("--ckpt", required=True, type=Path,
+                        help="Lightning checkpoint written by fit: a .ckpt file, or an FSDP run's sharded .ckpt directory")
     parser.add_argument("--out", required=True, type=Path, help="output file: .pt/.pth (torch) or .safetensors")
 
 

@@ -10,6 +10,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch import nn
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torchmetrics import MetricCollection
 
 from dp_train.losses import LossWeights, depth_objective, fov_objective
@@ -69,6 +70,8 @@ class DepthProModule(L.LightningModule):
         weight_decay: AdamW weight decay (not applied to norms, biases, embeddings, layer scales).
         warmup_steps: linear LR warm-up steps.
         min_lr_ratio: final LR of the cosine decay, relative to the peak.
+        fsdp_param_dtype: compute dtype of parameters under FSDP2 (`ModelParallelStrategy`); gradients are
+            reduced and the optimizer steps in float32 either way.
         boundary_metrics: compute the boundary F1 / recall metrics during validation.
         log_images_every_n_val_steps: log an RGB | GT | prediction | error panel every N validation batches (0: never).
     """
@@ -88,6 +91,7 @@ class DepthProModule(L.LightningModule):
         weight_decay: float = 0.05,
         warmup_steps: int = 500,
         min_lr_ratio: float = 0.01,
+        fsdp_param_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16",
         boundary_metrics: bool = True,
         log_images_every_n_val_steps: int = 20,
     ) -> None:
@@ -112,6 +116,26 @@ class DepthProModule(L.LightningModule):
         for name, param in self.net.named_parameters():
             if name.startswith("fov.") != (self.mode == "fov"):
                 param.requires_grad_(False)
+
+    def configure_model(self) -> None:
+        """Shard with FSDP2 when the trainer's strategy is `ModelParallelStrategy` (it sets a device mesh).
+
+        Every ViT block and every decoder fusion stage is its own `fully_shard` unit (its parameters
+        are gathered just before it runs and freed after), the rest belongs to the root unit.
+        Parameters compute in `fsdp_param_dtype`; gradient reduction and the sharded float32 master
+        weights the optimizer updates stay in float32. Activation checkpointing is the network's
+        `grad_checkpointing` option (per ViT block).
+        """
+        mesh = self.device_mesh
+        if mesh is None or isinstance(self.net, FSDPModule):
+            return
+        mesh = mesh["data_parallel"] if mesh.mesh_dim_names and "data_parallel" in mesh.mesh_dim_names else mesh
+        policy = MixedPrecisionPolicy(param_dtype=getattr(torch, self.hparams.fsdp_param_dtype),
+                                      reduce_dtype=torch.float32)
+        units = [block for vit in self.net.vits() for block in vit.blocks] + list(self.net.decoder.fusions)
+        for unit in units:
+            fully_shard(unit, mesh=mesh, mp_policy=policy)
+        fully_shard(self.net, mesh=mesh, mp_policy=policy)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Add every rank's RNG states (a collective: Lightning builds the checkpoint on all ranks)."""
@@ -192,15 +216,12 @@ class DepthProModule(L.LightningModule):
 
     def objective(self, batch: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Loss terms and per-image loss for the current mode (depth and FOV objectives stay separate)."""
-        if self.mode == "fov":
-            with torch.no_grad():
-                encodings = self.net.encoder(batch["image"])
-                _, lowres = self.net.decoder(encodings)
-            fov = self.net.fov(batch["image"], lowres)
-            return fov_objective(fov, batch["f_px"], batch["image"].shape[-1])
+        if self.mode == "fov":  # the frozen depth network records no autograd graph; its features reach
+            _, fov = self.net(batch["image"])  # the FOV head detached (through forward: FSDP needs the root call)
+            return fov_objective(fov.float(), batch["f_px"], batch["image"].shape[-1])
         pred, _ = self.net(batch["image"], with_fov=False)
         return depth_objective(
-            pred, batch["target"], batch["valid"], batch["metric"], batch["synthetic"], batch["sparse"],
+            pred.float(), batch["target"], batch["valid"], batch["metric"], batch["synthetic"], batch["sparse"],
             self.loss_weights, self.hparams.trim_fraction, self.hparams.derivative_scales,
         )
 
@@ -261,12 +282,13 @@ class DepthProModule(L.LightningModule):
         """Update per-source metrics on metric depth (with ground-truth focal) and focal length."""
         pred, fov = self.net(batch["image"])
         width = batch["image"].shape[-1]
+        real = ~batch["padding"] if "padding" in batch else torch.ones_like(batch["source"], dtype=torch.bool)
         for index, name in enumerate(self.source_names(split)):
-            chosen = batch["source"] == index
+            chosen = (batch["source"] == index) & real  # padding batches (equal counts per rank) are skipped
             if chosen.any():
                 self._update_source_metrics(self.eval_metrics[f"{split}__{name}"], pred, fov, batch, chosen, width)
         every = self.hparams.log_images_every_n_val_steps
-        if every and batch_idx % every == 0:
+        if every and batch_idx % every == 0 and real.all():
             self._log_panel(f"{split}/panel_{batch_idx}", batch, pred)
 
     @staticmethod

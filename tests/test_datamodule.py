@@ -251,3 +251,21 @@ def test_only_validation_decodes_matting_alpha(tmp_path):
     val = next(iter(rank_loader(dm, 0, 1, "val")))
     assert val["alpha"].shape == (2, 1, SIZE, SIZE) and val["has_alpha"].all()
     assert 0 < val["alpha"].max() <= 1
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_validation_pads_ranks_to_equal_batch_counts(tmp_path, workers):
+    """3 shards of 2 over 2 ranks: 4 + 2 samples. Both ranks yield the same number of batches (FSDP runs a
+    forward on every rank together); the extra ones are flagged padding, and real samples are each seen once."""
+    with ShardWriter(tmp_path, "uneven", max_samples=2) as writer:
+        for i in range(6):
+            writer.write(plane_sample(f"uneven-{i}"))
+    source = SourceConfig("uneven", str(writer.index_path))
+    per_rank = []
+    for rank in range(2):
+        dm = datamodule(val=[source], batch_size=1, num_workers=workers)
+        per_rank.append(list(rank_loader(dm, rank, 2, "val")))
+    assert len(per_rank[0]) == len(per_rank[1])
+    real = [key for batches in per_rank for b in batches for key, pad in zip(b["key"], b["padding"]) if not pad]
+    assert sorted(real) == [f"uneven-{i}" for i in range(6)]
+    assert sum(int(b["padding"].sum()) for batches in per_rank for b in batches) > 0

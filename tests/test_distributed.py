@@ -4,6 +4,7 @@ global batch, validation metrics synced across ranks equal single-process ones, 
 from __future__ import annotations
 
 import csv
+import math
 import os
 import subprocess
 import sys
@@ -12,8 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dp_train.cli import main
 from dp_train.data.schema import ShardWriter
 from dp_train.data.synth import render_scene, write_synthetic_shards
+from dp_train.model import DepthProConfig, build_depth_pro, load_weights
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 6
@@ -22,7 +25,9 @@ TINY = {"preset": "tiny", "lr_encoder": 1e-3, "lr_decoder": 1e-3, "warmup_steps"
         "network": {"vit_img_size": 128, "decoder_features": 16, "encoder_feature_dims": [8, 16, 32, 32]}}
 STILL = {"zoom_range": [1.0, 1.0], "flip_prob": 0.0, "color_jitter_prob": 0.0, "blur_prob": 0.0,
          "noise_prob": 0.0, "jpeg_prob": 0.0}  # every view of a scene identical, whichever rank draws it
-STRATEGIES = {"ddp": "ddp"}
+FSDP = {"class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
+        "init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1}}
+STRATEGIES = {"ddp": "ddp", "fsdp": FSDP}
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +55,7 @@ def recipe(run: Path, data: dict[str, Path], devices: int, strategy: str, batch_
             "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(run)}},
             "callbacks": [{"class_path": "tests.helpers.record.RecordKeys", "init_args": {"out_dir": str(run)}}],
         },
-        "model": TINY,
+        "model": TINY | {"fsdp_param_dtype": "float32"},  # bf16 compute would differ from the fp32 reference
         "data": {"train_sources": [{"name": "same", "urls": str(data["same"])}],
                  "val_sources": [{"name": "val", "urls": str(data["val"])}],
                  "image_size": 512, "batch_size": batch_size, "val_batch_size": 1, "samples_per_epoch": 64,
@@ -61,17 +66,17 @@ def recipe(run: Path, data: dict[str, Path], devices: int, strategy: str, batch_
     return path
 
 
-def launch(run: Path, command: str, recipe_path: Path) -> None:
+def launch(run: Path, command: str, recipe_path: Path, *extra: str) -> None:
     """`python -m dp_train COMMAND --recipe R` as its own process (ranks > 0 are started by Lightning)."""
     env = os.environ | {"PYTHONPATH": str(REPO), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "dp_train", command, "--recipe", str(recipe_path)], env=env,
+    done = subprocess.run([sys.executable, "-m", "dp_train", command, "--recipe", str(recipe_path), *extra], env=env,
                           cwd=run, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
 def metrics(run: Path) -> list[dict[str, str]]:
     """Rows of the CSV logger's metrics file."""
-    (path,) = run.glob("version_0/metrics.csv")
+    path = sorted(run.glob("version_*/metrics.csv"))[-1]  # the latest run's
     with open(path) as fh:
         return list(csv.DictReader(fh))
 
@@ -113,3 +118,29 @@ def test_validation_metrics_synced_over_ranks_equal_one_process(tmp_path_factory
     for name in names:
         (two,), (one,) = series(metrics(runs[2]), name), series(metrics(runs[1]), name)
         assert two == pytest.approx(one, rel=1e-6, abs=1e-9), name
+
+
+@pytest.mark.slow
+def test_fsdp_writes_sharded_checkpoints_that_resume_and_export(tmp_path, data):
+    config = yaml.safe_load(recipe(tmp_path, data, devices=2, strategy=FSDP, batch_size=1).read_text())
+    config["trainer"] |= {"enable_checkpointing": True, "max_steps": 2, "limit_val_batches": 0}
+    config["trainer"]["callbacks"] = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                       "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True}}]
+    config["model"]["fsdp_param_dtype"] = "bfloat16"  # the production policy: bf16 compute, fp32 reduction
+    path = tmp_path / "fsdp.yaml"
+    path.write_text(yaml.safe_dump(config))
+    launch(tmp_path, "fit", path)
+    last = tmp_path / "ckpt" / "last.ckpt"
+    assert last.is_dir() and (last / ".metadata").is_file()  # one shard file per rank, no gathering
+
+    config["trainer"]["max_steps"] = 4
+    path.write_text(yaml.safe_dump(config))
+    launch(tmp_path, "fit", path, "--ckpt_path", "last")
+    steps = series(metrics(tmp_path), "train/loss")
+    assert len(steps) >= 2 and all(math.isfinite(v) for v in steps)
+
+    out = tmp_path / "model.safetensors"
+    assert main(["export", "--ckpt", str(last), "--out", str(out)]) == 0
+    net = build_depth_pro(DepthProConfig.preset("tiny", **{k: tuple(v) if isinstance(v, list) else v
+                                                          for k, v in TINY["network"].items()}))
+    load_weights(net, out)  # strict: the consolidated shards are exactly the network's tensors

@@ -649,6 +649,11 @@ def read_index(path: str | Path) -> dict[str, Any]:
     return index
 
 
+def shard_counts(index_path: str | Path) -> list[int]:
+    """Samples in each shard listed in an index, in `shard_urls` order."""
+    return [int(shard["samples"]) for shard in read_index(index_path)["shards"]]
+
+
 def shard_urls(index_path: str | Path) -> list[str]:
     """Paths of the shards listed in an index, in order (validated with read_index)."""
     root = Path(index_path).parent

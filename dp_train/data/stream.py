@@ -29,7 +29,7 @@ from braceexpand import braceexpand
 from torch.utils.data import IterableDataset, get_worker_info
 
 from dp_train.data.augment import View
-from dp_train.data.schema import Sample, decode_sample, shard_urls
+from dp_train.data.schema import Sample, decode_sample, shard_counts, shard_urls
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,13 @@ class SourceConfig:
         if not urls:
             raise ValueError(f"source {self.name!r} has no shard URLs")
         return urls
+
+    def shard_sizes(self) -> dict[str, int] | None:
+        """Samples per shard URL when every pattern is a shard index (None: unknown without reading)."""
+        patterns = [self.urls] if isinstance(self.urls, str) else list(self.urls)
+        if not all(p.endswith(".index.json") for p in patterns):
+            return None
+        return {url: count for p in patterns for url, count in zip(shard_urls(p), shard_counts(p))}
 
 
 @dataclass(frozen=True)
@@ -391,18 +398,66 @@ class TrainStream(_StreamBase):
 
 
 class ValStream(_StreamBase):
-    """Every validation sample exactly once across all ranks and workers, in a fixed order."""
+    """Every validation sample exactly once across all ranks and workers, in a fixed order.
+
+    When the sources are given as shard indexes (sample counts known), every rank yields the same
+    number of batches: ranks with fewer samples add padding batches (`padding` True for each of
+    their samples), which the model runs but metrics skip. Sharded models (FSDP) need this: each
+    forward pass gathers parameters from all ranks, so a rank that stops early hangs the others.
+    """
 
     def __iter__(self) -> Iterator[dict]:
         place = current_placement(self.rank, self.world_size)
         health = self._health()
+        last = None
         for index, source in enumerate(self.sources):
             shards, stride, offset = assign_shards(source.shard_urls(), place, order_seed=None)
             pending: list[tuple[int, Sample]] = []
             for sample in decoded(raw_records(shards, stride, offset, health[index]), source, health[index]):
                 pending.append((index, sample))
                 if len(pending) == self.batch_size:
-                    yield self._batch(pending, health, [0] * len(pending))
+                    yield (last := self._batch(pending, health, [0] * len(pending)))
                     pending = []
             if pending:
-                yield self._batch(pending, health, [0] * len(pending))
+                yield (last := self._batch(pending, health, [0] * len(pending)))
+        if place.worker == 0:
+            yield from self._padding(last, health)
+
+    def _batch(self, samples: list[tuple[int, Sample]], health: list[SourceHealth], seeds: list[int]) -> dict:
+        batch = super()._batch(samples, health, seeds)
+        batch["padding"] = torch.zeros(len(samples), dtype=torch.bool)
+        return batch
+
+    def _padding(self, template: dict | None, health: list[SourceHealth]) -> Iterator[dict]:
+        """The padding batches that bring this rank to the largest rank's batch count."""
+        counts = [self.rank_batches(rank) for rank in range(self.world_size)]
+        if None in counts:
+            if self.world_size > 1:
+                log.warning("validation sources without shard indexes: ranks may get different batch counts "
+                            "(sharded models need *.index.json sources)")
+            return
+        missing = max(counts) - counts[self.rank]
+        if missing and template is None:
+            template = self._batch([(0, self._first_sample(health))], health, [0])
+        for _ in range(missing):
+            yield template | {"padding": torch.ones_like(template["padding"])}
+
+    def rank_batches(self, rank: int) -> int | None:
+        """Batches a rank's workers yield (None when a source's sample counts are unknown)."""
+        workers = max(1, get_worker_info().num_workers if get_worker_info() is not None else 1)
+        total = 0
+        for source in self.sources:
+            sizes = source.shard_sizes()
+            if sizes is None:
+                return None
+            for worker in range(workers):
+                place = Placement(rank, self.world_size, worker, workers)
+                shards, stride, offset = assign_shards(source.shard_urls(), place, order_seed=None)
+                samples = sum(len(range(offset, sizes[url], stride)) for url in shards)
+                total += -(-samples // self.batch_size)
+        return total
+
+    def _first_sample(self, health: list[SourceHealth]) -> Sample:
+        """The first decodable sample of the first source (content for padding batches)."""
+        source = self.sources[0]
+        return next(decoded(raw_records(source.shard_urls(), 1, 0, health[0]), source, health[0]))

@@ -19,8 +19,11 @@ _SHOWN = 3  # offending keys shown per category in an error message
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a flat tensor dict from .safetensors, a torch state dict, or a Lightning .ckpt."""
+    """Read a flat tensor dict from .safetensors, a torch state dict, or a Lightning .ckpt (a single
+    file, or the directory of shards an FSDP run writes, consolidated here)."""
     path = Path(path)
+    if path.is_dir():
+        return _network_tensors(_read_sharded_checkpoint(path), path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     try:
@@ -34,6 +37,19 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise ValueError(f"cannot read weights file {path}: {type(err).__name__}: {first_line}") from None
     return _network_tensors(obj, path)
+
+
+def _read_sharded_checkpoint(path: Path) -> dict:
+    """The full state of a distributed (torch.distributed.checkpoint) checkpoint directory, gathered from its
+    shards into one process (as Lightning's `consolidate_checkpoint` tool does)."""
+    from lightning.fabric.utilities.load import _load_distributed_checkpoint
+
+    if not (path / ".metadata").is_file():
+        raise ValueError(f"{path} is a directory but not a sharded checkpoint (no .metadata file)")
+    try:
+        return _load_distributed_checkpoint(path)
+    except Exception as err:  # noqa: BLE001 - a damaged shard set means the same thing to the user
+        raise ValueError(f"cannot read sharded checkpoint {path}: {type(err).__name__}: {err}") from None
 
 
 def _network_tensors(obj: object, path: Path) -> dict[str, torch.Tensor]:
