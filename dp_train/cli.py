@@ -20,7 +20,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from dp_train.data.stream import DataError
 from dp_train.resume import AtomicCheckpointIO, CheckpointError
-from dp_train.slurm import PreemptionCheckpoint, use_stable_wandb_run
+from dp_train.slurm import Preempted, PreemptionCheckpoint, use_stable_wandb_run
 
 LIGHTNING_COMMANDS: dict[str, str] = {
     "fit": "train from a recipe (--recipe FILE.yaml, repeatable; dotted overrides)",
@@ -114,6 +114,8 @@ def run_lightning(argv: list[str]) -> int:
     except (CheckpointError, DataError) as err:
         sys.stderr.write(f"error: {err}\n")
         return 1
+    except Preempted as stop:
+        sys.stderr.write(f"{stop}; resume with --ckpt_path last\n")
     return 0
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +39,21 @@ def use_stable_wandb_run() -> None:
     Sets `WANDB_RUN_ID=slurm-<job id>` and `WANDB_RESUME=allow` unless already set (a sweep agent sets its own).
     """
     job = slurm_job_id()
-    if job and "WANDB_RUN_ID" not in os.environ:
+    if job and "WANDB_RUN_ID" not in os.environ and SLURMEnvironment.detect():  # not in salloc/interactive shells
         os.environ["WANDB_RUN_ID"] = f"slurm-{job}"
         os.environ.setdefault("WANDB_RESUME", "allow")
 
 
+class Preempted(Exception):
+    """Raised on every rank once the preemption checkpoint is saved: leaves `fit` at once (stopping through
+    `should_stop` would first run a validation pass and save again, in the few seconds SLURM leaves);
+    the command line reports it and exits with status 0."""
+
+
 class PreemptionCheckpoint(L.Callback):
     """On SIGUSR1 (`#SBATCH --signal=SIGUSR1@90`: the time limit is near) or SIGTERM (preemption, `scancel`),
-    save `last.ckpt` at the next step boundary, requeue the job on SIGUSR1 (`scontrol requeue`), and stop.
+    save `last.ckpt` at the next step boundary, requeue the job on SIGUSR1 (`scontrol requeue`), and stop
+    (raising `Preempted`).
 
     The handler only records the signal. After every training step the ranks agree (one all-reduce of a
     flag) whether any of them received one, so all save the same step and stop together; a requeued job
@@ -87,10 +95,14 @@ class PreemptionCheckpoint(L.Callback):
         log.warning("received %s: saved %s at step %d, stopping", name, path, trainer.global_step)
         if trainer.is_global_zero and self.requeue and self.received == signal.SIGUSR1:
             requeue_job()
-        trainer.should_stop = True
+        self._restore_handlers()
+        raise Preempted(f"stopped by {name} after saving {path} at step {trainer.global_step}")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Give the signals back to whoever handled them before training."""
+        self._restore_handlers()
+
+    def _restore_handlers(self) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()

@@ -41,11 +41,13 @@ def recipe(run: Path, shards: Path, max_steps: int, slow: bool, every: int = 1) 
     config = {
         "seed_everything": 0,
         "trainer": {"accelerator": "cpu", "devices": 2, "num_nodes": 1, "strategy": "ddp", "max_steps": max_steps,
-                    "limit_val_batches": 0, "num_sanity_val_steps": 0, "logger": False,
+                    "limit_val_batches": 2, "val_check_interval": 1000, "check_val_every_n_epoch": None,
+                    "num_sanity_val_steps": 0, "logger": False,
                     "enable_progress_bar": False, "default_root_dir": str(run), "callbacks": callbacks},
         "model": {"preset": "tiny", "warmup_steps": 1, "log_images_every_n_val_steps": 0,
                   "network": {"vit_img_size": 128, "decoder_features": 16, "encoder_feature_dims": [8, 16, 32, 32]}},
         "data": {"train_sources": [{"name": "synth", "urls": str(shards)}], "image_size": 512, "batch_size": 1,
+                 "val_sources": [{"name": "synth", "urls": str(shards)}],
                  "samples_per_epoch": 1000, "num_workers": 0, "pin_memory": False},
     }
     path = run / "recipe.yaml"
@@ -108,6 +110,8 @@ def test_a_signal_saves_at_a_step_boundary_and_the_restarted_job_resumes(tmp_pat
     wait(processes, tmp_path)
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["global_step"]
     assert 2 <= saved < 50
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["last.ckpt"]  # no closing validation/save
+    assert "resume with --ckpt_path last" in (tmp_path / "task0.log").read_text()
     requeued = (tmp_path / "scontrol.log").read_text().split() if (tmp_path / "scontrol.log").exists() else []
     assert requeued == (["requeue", JOB_ID] if signum == signal.SIGUSR1 else [])  # once, from rank 0
 
