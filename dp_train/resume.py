@@ -11,13 +11,16 @@ writes them from rank 0 only and non-atomically. This module adds:
 - RNG capture/restore for torch (CPU and CUDA), numpy and Python;
 - `AtomicCheckpointIO`: checkpoints written to a temporary file and renamed, so a
   kill while saving never leaves a truncated `last.ckpt`, and a corrupt or
-  truncated checkpoint is refused with one line naming the file.
+  truncated checkpoint is refused with one line naming the file;
+- `AtomicModelParallelStrategy`: Lightning's FSDP2 strategy with the same guarantee
+  for its sharded checkpoint directories (written beside, then swapped in).
 """
 
 from __future__ import annotations
 
 import os
 import random
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,7 @@ import torch
 import torch.distributed as dist
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.strategies import ModelParallelStrategy
 
 
 class CheckpointError(RuntimeError):
@@ -127,3 +131,32 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except Exception as err:  # noqa: BLE001 - any unpickling/zip failure means an unusable file
             raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): "
                                   f"{type(err).__name__}: {str(err).splitlines()[0]}") from None
+
+
+class AtomicModelParallelStrategy(ModelParallelStrategy):
+    """Lightning's `ModelParallelStrategy` (FSDP2) whose sharded checkpoint directories are replaced whole.
+
+    Every rank writes its shard into `.NAME.partial/` beside the target; after a barrier rank 0
+    moves the previous directory aside, renames the new one into place and deletes the old one.
+    A kill during the (long) writing leaves the previous checkpoint untouched; only a kill between
+    the two renames (microseconds) leaves it as `.NAME.old`, complete, for a manual rename.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: str | Path, storage_options: Any = None) -> None:
+        """Write the checkpoint; sharded directories atomically as described above."""
+        if not self._save_distributed_checkpoint:
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        path = Path(self.broadcast(str(filepath)))
+        partial, old = path.with_name(f".{path.name}.partial"), path.with_name(f".{path.name}.old")
+        if self.global_rank == 0:
+            shutil.rmtree(partial, ignore_errors=True)
+        self.barrier()
+        super().save_checkpoint(checkpoint, partial, storage_options)
+        self.barrier()
+        if self.global_rank == 0:
+            shutil.rmtree(old, ignore_errors=True)
+            if path.exists():
+                os.replace(path, old)
+            os.replace(partial, path)
+            shutil.rmtree(old, ignore_errors=True)
+        self.barrier()

@@ -25,7 +25,7 @@ TINY = {"preset": "tiny", "lr_encoder": 1e-3, "lr_decoder": 1e-3, "warmup_steps"
         "network": {"vit_img_size": 128, "decoder_features": 16, "encoder_feature_dims": [8, 16, 32, 32]}}
 STILL = {"zoom_range": [1.0, 1.0], "flip_prob": 0.0, "color_jitter_prob": 0.0, "blur_prob": 0.0,
          "noise_prob": 0.0, "jpeg_prob": 0.0}  # every view of a scene identical, whichever rank draws it
-FSDP = {"class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
+FSDP = {"class_path": "dp_train.resume.AtomicModelParallelStrategy",
         "init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1}}
 STRATEGIES = {"ddp": "ddp", "fsdp": FSDP}
 
@@ -132,6 +132,7 @@ def test_fsdp_writes_sharded_checkpoints_that_resume_and_export(tmp_path, data):
     launch(tmp_path, "fit", path)
     last = tmp_path / "ckpt" / "last.ckpt"
     assert last.is_dir() and (last / ".metadata").is_file()  # one shard file per rank, no gathering
+    assert not [p for p in last.parent.iterdir() if p.name.startswith(".")]  # written beside, swapped in
 
     config["trainer"]["max_steps"] = 4
     path.write_text(yaml.safe_dump(config))
