@@ -1,0 +1,53 @@
+"""The FOV stage trains the FOV head only: the depth network leaves it bit-identical."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from dp_train.cli import main
+from dp_train.data.synth import write_synthetic_shards
+from dp_train.losses import fov_objective
+from dp_train.model import read_state_dict, save_weights
+from dp_train.module import DepthProModule
+
+REPO = Path(__file__).resolve().parents[1]
+NETWORK = {"vit_img_size": 128, "decoder_features": 16, "encoder_feature_dims": [8, 16, 32, 32]}
+
+
+def test_samples_without_focal_length_are_excluded_not_guessed():
+    fov = torch.tensor([60.0, 60.0, 90.0], requires_grad=True)
+    f_px = torch.tensor([400.0, 0.0, float("nan")])  # only the first sample's focal length is known
+    terms, per_image = fov_objective(fov, f_px, width=512)
+    assert per_image[1] == 0 and per_image[2] == 0
+    terms["loss"].backward()
+    assert fov.grad[1] == 0 and fov.grad[2] == 0 and torch.isfinite(fov.grad).all()
+
+
+@pytest.mark.slow
+def test_fov_stage_trains_the_fov_head_and_leaves_the_depth_network_unchanged(tmp_path):
+    shards = write_synthetic_shards(tmp_path / "shards", "fov", 8, size=(64, 64), seed=4, progress=False)
+    start = tmp_path / "depth.safetensors"
+    save_weights(DepthProModule(preset="tiny", network=NETWORK).net, start)  # stands in for stage 2's network
+    recipe = {
+        "trainer": {"max_steps": 4, "limit_val_batches": 0, "logger": False, "default_root_dir": str(tmp_path),
+                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                   "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True}}]},
+        "model": {"preset": "tiny", "network": NETWORK, "init_from": str(start), "lr_decoder": 1e-2,
+                  "lr_encoder": 1e-2, "warmup_steps": 1},
+        "data": {"train_sources": [{"name": "fov", "urls": str(shards)}], "image_size": 512, "batch_size": 2,
+                 "num_workers": 0, "pin_memory": False},
+    }
+    path = tmp_path / "tiny_fov.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    fov_recipe = yaml.safe_load((REPO / "recipes/fov.yaml").read_text())
+    assert fov_recipe["model"]["mode"] == "fov"
+    assert main(["fit", "--recipe", str(REPO / "recipes/quickstart.yaml"), "--recipe", str(path),
+                 "--model.mode=fov"]) == 0
+    before, after = read_state_dict(start), read_state_dict(tmp_path / "ckpt" / "last.ckpt")
+    depth = [k for k in before if not k.startswith("fov.")]
+    assert depth and all(torch.equal(before[k], after[k]) for k in depth)  # bit-identical
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("fov."))
