@@ -37,6 +37,7 @@ __all__ = [
     "depth_metrics",
     "focal_errors",
     "si_boundary_f1",
+    "si_boundary_f1_per_threshold",
     "si_boundary_recall",
 ]
 
@@ -199,11 +200,29 @@ def _count_above(values: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     return np.cumsum(histogram[::-1])[::-1][1:]
 
 
-def _weighted_f1(precision: np.ndarray, recall: np.ndarray) -> float:
-    """F1 per threshold (0 where precision and recall are both 0), weighted by `BOUNDARY_WEIGHTS`."""
+def _f1_per_threshold(precision: np.ndarray, recall: np.ndarray) -> np.ndarray:
+    """F1 per threshold (0 where precision and recall are both 0)."""
     total = precision + recall
-    f1 = np.where(total > 0, 2 * (recall * precision) / np.where(total > 0, total, 1.0), 0.0)
-    return float(np.sum(f1 * BOUNDARY_WEIGHTS))
+    return np.where(total > 0, 2 * (recall * precision) / np.where(total > 0, total, 1.0), 0.0)
+
+
+def si_boundary_f1_per_threshold(pred_depth: ArrayLike, gt_depth: ArrayLike) -> np.ndarray:
+    """`si_boundary_f1` before the weighted average: the F1 at each of `BOUNDARY_THRESHOLDS`.
+
+    Precision and recall per threshold are averaged over the four neighbour
+    directions (a direction with no contours contributes 0); inputs are HxW
+    depth maps (numpy or torch), evaluated in float64. Returns a float64 array
+    of `BOUNDARY_THRESHOLDS.size` values in [0, 1].
+    """
+    pred_ratios = _directional_ratios(_as_float64_map(pred_depth))
+    gt_ratios = _directional_ratios(_as_float64_map(gt_depth))
+    precision = np.zeros(BOUNDARY_THRESHOLDS.size)
+    recall = np.zeros(BOUNDARY_THRESHOLDS.size)
+    for pred, gt in zip(pred_ratios, gt_ratios):
+        hits = _count_above(np.minimum(pred, gt), BOUNDARY_THRESHOLDS)
+        precision += hits / np.maximum(_count_above(pred, BOUNDARY_THRESHOLDS), 1)
+        recall += hits / np.maximum(_count_above(gt, BOUNDARY_THRESHOLDS), 1)
+    return _f1_per_threshold(0.25 * precision, 0.25 * recall)
 
 
 def si_boundary_f1(pred_depth: ArrayLike, gt_depth: ArrayLike) -> float:
@@ -225,15 +244,7 @@ def si_boundary_f1(pred_depth: ArrayLike, gt_depth: ArrayLike) -> float:
         The weighted F1 in [0, 1]. Speed (1536x1536, 2-core AMD EPYC CPU):
         about 0.09 s for a piecewise-smooth map, 0.19 s for pure noise.
     """
-    pred_ratios = _directional_ratios(_as_float64_map(pred_depth))
-    gt_ratios = _directional_ratios(_as_float64_map(gt_depth))
-    precision = np.zeros(BOUNDARY_THRESHOLDS.size)
-    recall = np.zeros(BOUNDARY_THRESHOLDS.size)
-    for pred, gt in zip(pred_ratios, gt_ratios):
-        hits = _count_above(np.minimum(pred, gt), BOUNDARY_THRESHOLDS)
-        precision += hits / np.maximum(_count_above(pred, BOUNDARY_THRESHOLDS), 1)
-        recall += hits / np.maximum(_count_above(gt, BOUNDARY_THRESHOLDS), 1)
-    return _weighted_f1(0.25 * precision, 0.25 * recall)
+    return float(np.sum(si_boundary_f1_per_threshold(pred_depth, gt_depth) * BOUNDARY_WEIGHTS))
 
 
 def _run_ids(flat_idx: np.ndarray, width: int) -> np.ndarray:
