@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pickle
 import sys
 from typing import NoReturn
@@ -87,12 +88,25 @@ class DepthProCLI(LightningCLI):
             self.trainer.validate(self.model, datamodule=self.datamodule)
 
     def before_fit(self) -> None:
-        """Validation metrics of the starting weights (with --report_validation)."""
+        """Under `wandb agent`, a checkpoint folder per trial; validation of the starting weights (with
+        --report_validation)."""
+        separate_sweep_checkpoints(self.trainer)
         self._report()
 
     def after_fit(self) -> None:
         """Validation metrics of the trained weights (with --report_validation)."""
         self._report()
+
+
+def separate_sweep_checkpoints(trainer) -> None:
+    """Inside a wandb sweep trial, put each ModelCheckpoint's files under `<dirpath>/<run id>`: parallel
+    trials of one recipe would otherwise overwrite each other's `last.ckpt` and top-k files."""
+    run_id = os.environ.get("WANDB_RUN_ID") if os.environ.get("WANDB_SWEEP_ID") else None
+    if not run_id:
+        return
+    for callback in trainer.checkpoint_callbacks:
+        if getattr(callback, "dirpath", None) is not None:
+            callback.dirpath = os.path.join(callback.dirpath, run_id)
 
 
 def run_lightning(argv: list[str]) -> int:

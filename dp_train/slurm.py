@@ -72,7 +72,7 @@ class PreemptionCheckpoint(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Install the flag-setting handlers (after Lightning's own, which they replace for training)."""
-        if trainer.checkpoint_callback is None or trainer.checkpoint_callback.dirpath is None:
+        if last_checkpoint_callback(trainer) is None:
             log.warning("no ModelCheckpoint with a dirpath: SIGUSR1/SIGTERM will stop training without saving")
             return
         for signum in self.SIGNALS:
@@ -85,7 +85,7 @@ class PreemptionCheckpoint(L.Callback):
         """Save, requeue and stop when any rank received a signal during this step."""
         if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
             return
-        checkpoint: ModelCheckpoint = trainer.checkpoint_callback
+        checkpoint = last_checkpoint_callback(trainer)
         path = str(Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}")
         # Registered as the callback's last checkpoint (before saving: it is part of the saved state), or
         # ModelCheckpoint saves another one at train end, after closing the epoch, that `last` would resume.
@@ -106,6 +106,12 @@ class PreemptionCheckpoint(L.Callback):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+
+
+def last_checkpoint_callback(trainer: L.Trainer) -> ModelCheckpoint | None:
+    """The ModelCheckpoint that keeps `last.ckpt` (the first with `save_last`, else the first with a dirpath)."""
+    callbacks = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.dirpath]
+    return next((c for c in callbacks if c.save_last), callbacks[0] if callbacks else None)
 
 
 def requeue_job() -> None:

@@ -176,11 +176,9 @@ def test_every_rendered_command_is_accepted(path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(sys, "argv", ["dp_train"])  # as `python -m dp_train` sees it: no pytest arguments
     base = print_config(render(config, {}), capsys)
     callbacks = base["trainer"]["callbacks"]
-    # what the dotted stage keys and the per-run checkpoint folder rely on
+    # what the dotted stage keys rely on
     assert callbacks[-1]["class_path"] == "dp_train.curriculum.CurriculumCallback"
     assert callbacks[-1]["init_args"]["stages"][-1]["name"] == "stage2"
-    assert all(callback["init_args"]["dirpath"] is None for callback in callbacks
-               if callback["class_path"].endswith(".ModelCheckpoint"))
     flat_base = flatten(base)
     for params in parameter_space(config["parameters"]):
         printed = print_config(render(config, params), capsys)
@@ -190,3 +188,22 @@ def test_every_rendered_command_is_accepted(path: Path, monkeypatch: pytest.Monk
             assert flat[target] == pytest.approx(value), (params, target)
         changed = {key for key in flat.keys() | flat_base.keys() if flat.get(key) != flat_base.get(key)}
         assert changed <= targets.keys(), (params, changed - targets.keys())
+
+
+def test_each_sweep_trial_checkpoints_into_its_own_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from dp_train.cli import separate_sweep_checkpoints
+
+    callbacks = [ModelCheckpoint(dirpath=str(tmp_path / "ckpt")), ModelCheckpoint(dirpath=str(tmp_path / "ckpt"),
+                                                                                   save_last=True)]
+    trainer = SimpleNamespace(checkpoint_callbacks=callbacks)
+    monkeypatch.delenv("WANDB_SWEEP_ID", raising=False)
+    monkeypatch.setenv("WANDB_RUN_ID", "abc123")
+    separate_sweep_checkpoints(trainer)  # not a sweep: folders unchanged
+    assert {c.dirpath for c in callbacks} == {str(tmp_path / "ckpt")}
+    monkeypatch.setenv("WANDB_SWEEP_ID", "sweep9")
+    separate_sweep_checkpoints(trainer)
+    assert {c.dirpath for c in callbacks} == {str(tmp_path / "ckpt" / "abc123")}
