@@ -51,3 +51,15 @@ def test_fov_stage_trains_the_fov_head_and_leaves_the_depth_network_unchanged(tm
     depth = [k for k in before if not k.startswith("fov.")]
     assert depth and all(torch.equal(before[k], after[k]) for k in depth)  # bit-identical
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("fov."))
+
+
+def test_a_fresh_fov_head_predicts_a_plausible_fov_and_gets_gradients():
+    """From an output near 0 degrees the objective's [1, 179] clamp would pass no gradient at all."""
+    module = DepthProModule(preset="tiny", network=NETWORK, mode="fov")
+    image = torch.rand(2, 3, 512, 512) * 2 - 1
+    _, fov = module.net(image)
+    assert ((fov > 30) & (fov < 100)).all()
+    terms, _ = fov_objective(fov, torch.tensor([300.0, 600.0]), width=512)
+    terms["loss"].backward()
+    grads = [p.grad for name, p in module.net.named_parameters() if name.startswith("fov.") and p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)

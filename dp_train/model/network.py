@@ -216,6 +216,18 @@ def start_alive(head: nn.Sequential) -> None:
         head[4].weight.abs_()
 
 
+INITIAL_FOV_DEG = 60.0
+"""Bias of the FOV head's last layer at initialisation: a plausible horizontal FOV (see `start_plausible`)."""
+
+
+def start_plausible(fov_head: FOVHead) -> None:
+    """Start the FOV head near a plausible FOV: its last bias is `INITIAL_FOV_DEG` (the reference leaves it at
+    PyTorch's default). From an output near 0 degrees, the FOV objective's clamp to [1, 179] degrees passes
+    no gradient and the head never learns."""
+    with torch.no_grad():
+        fov_head.head[-1].bias.fill_(INITIAL_FOV_DEG)
+
+
 class FOVHead(nn.Module):
     """Predicts the horizontal field of view (degrees) from its own ViT plus the decoder's lowres features."""
 
@@ -254,6 +266,8 @@ class DepthPro(nn.Module):
         self.fov = FOVHead(cfg) if cfg.fov_head else None
         init_convolutions(self, skip=self.vits())
         start_alive(self.head)
+        if self.fov is not None:
+            start_plausible(self.fov)
 
     @property
     def img_size(self) -> int:
