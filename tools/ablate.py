@@ -10,7 +10,7 @@ Every run is a real `python -m dp_train fit` of the tiny network (recipes/quicks
 settings, CSV logs); validation scenes have no sky, so every one has dense depth for boundary F1.
 Prints a Markdown table (or one JSON line with --json).
 
-    python tools/ablate.py                                  # the README's table (about 30 min on 2 cores)
+    python tools/ablate.py                                  # the README's table (about 15 min on 2 cores)
     python tools/ablate.py --steps 40 --fov-steps 20 --train 16 --val 4    # a smoke run
 """
 
