@@ -55,6 +55,7 @@ def resume_recipe(tmp_path: Path, shards: Path, devices: int, kill_at: int | Non
         "data": {
             "train_sources": [{"name": "a", "urls": str(shards)}, {"name": "b", "urls": str(shards)}],
             "image_size": 512, "batch_size": 1, "samples_per_epoch": 100 * devices, "num_workers": 2,
+            "worker_start_method": "forkserver",  # forked workers of a DDP rank can deadlock on inherited locks
             "pin_memory": False, "shuffle_buffer": 4,
         },
     }
