@@ -389,9 +389,9 @@ SUMMARY_TABLE = [
 """Columns of report.md's main table: header, `per_dataset.csv` column, shown as a percentage."""
 
 
-def markdown_report(summary: list[Row], edges_m: np.ndarray, curves: dict[str, np.ndarray],
+def markdown_report(summary: list[Row], edges_m: np.ndarray, curves: dict[str, np.ndarray], worst: list[Row],
                     plots: list[str]) -> str:
-    """report.md: the per-dataset table, the error-vs-depth table and links to the plots."""
+    """report.md: the per-dataset table, the error-vs-depth table, the worst images and links to the plots."""
     lines = ["# Evaluation report", "",
              "Metric depth with the ground-truth focal length, and with the FOV head's predicted focal length "
              "(\"pred. f\"). Means over images; boundary F1 on dense depth ground truth only, boundary recall on "
@@ -404,6 +404,9 @@ def markdown_report(summary: list[Row], edges_m: np.ndarray, curves: dict[str, n
         lines += ["", "## AbsRel by ground-truth depth", ""]
         cells = [[name] + [_fmt(float(v)) for v in curve] for name, curve in curves.items()]
         lines += _table(["dataset"] + bins, cells)
+    if worst:
+        lines += ["", f"## Worst {len(worst)} images by AbsRel", ""]
+        lines += _table(["dataset", "key", "AbsRel"], [[w["dataset"], w["key"], _fmt(w["abs_rel"])] for w in worst])
     lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in plots]
     return "\n".join(lines) + "\n"
 
@@ -420,7 +423,7 @@ def write_report(out_dir: Path, rows: list[Row], datasets: list[str], histograms
     edges_m = FINE_DEPTH_EDGES[edges]
     _write_depth_csv(out_dir / "error_vs_depth.csv", edges_m, curves)
     plots = _write_plots(out_dir, rows, datasets, summary, edges_m, curves, worst)
-    (out_dir / "report.md").write_text(markdown_report(summary, edges_m, curves, plots))
+    (out_dir / "report.md").write_text(markdown_report(summary, edges_m, curves, worst, plots))
 
 
 def _write_depth_csv(path: Path, edges_m: np.ndarray, curves: dict[str, np.ndarray]) -> None:

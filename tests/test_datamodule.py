@@ -7,6 +7,7 @@ import json
 import tarfile
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -100,6 +101,21 @@ def test_train_batches_split_across_workers_without_duplicates(tmp_path):
     batches = list(rank_loader(dm, 0, 1, "train"))
     assert len(batches) == 10
     assert len(set(keys_of(batches))) == 20
+
+
+@pytest.mark.parametrize(("world_size", "expected"), [(1, None), (2, "forkserver")])
+def test_workers_of_multi_process_runs_start_from_a_fork_server(tmp_path, world_size, expected):
+    """A worker forked from a DDP rank can inherit a lock held by a communication thread and hang forever."""
+    dm = datamodule(train=[write_source(tmp_path, "train", 4, per_shard=4)], num_workers=1)
+    dm.trainer = SimpleNamespace(global_rank=0, world_size=world_size)
+    dm.setup("fit")
+    context = dm.train_dataloader().multiprocessing_context
+    assert (context and context.get_start_method()) == expected
+
+
+def test_an_unknown_worker_start_method_is_refused_naming_the_key():
+    with pytest.raises(ValueError, match=r"^data.worker_start_method='threads': choose one of"):
+        datamodule(worker_start_method="threads")
 
 
 def test_mixing_weights_are_honoured(tmp_path):

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,8 +14,8 @@ from dp_train.cli import main
 from dp_train.data.schema import ShardWriter
 from dp_train.data.synth import render_scene, write_synthetic_shards
 from dp_train.model import DepthProConfig, build_depth_pro, load_weights
+from tests.helpers.cli import launch
 
-REPO = Path(__file__).resolve().parents[1]
 STEPS = 6
 TINY = {"preset": "tiny", "lr_encoder": 1e-3, "lr_decoder": 1e-3, "warmup_steps": 2, "boundary_metrics": True,
         "log_images_every_n_val_steps": 0,
@@ -64,14 +61,6 @@ def recipe(run: Path, data: dict[str, Path], devices: int, strategy: str, batch_
     path = run / "recipe.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
-
-
-def launch(run: Path, command: str, recipe_path: Path, *extra: str) -> None:
-    """`python -m dp_train COMMAND --recipe R` as its own process (ranks > 0 are started by Lightning)."""
-    env = os.environ | {"PYTHONPATH": str(REPO), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "dp_train", command, "--recipe", str(recipe_path), *extra], env=env,
-                          cwd=run, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def metrics(run: Path) -> list[dict[str, str]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -12,20 +13,23 @@ import yaml
 from dp_train.cli import main
 from dp_train.data.synth import write_synthetic_shards
 from dp_train.report import PLOTS
+from tests.helpers.cli import launch
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SOURCES = {"synth_a": (0, 3), "synth_b": (500, 3)}
 """Test source name -> (first scene seed, scene count)."""
 
 
-def eval_recipe(tmp_path: Path) -> Path:
-    """A tiny-network test recipe over two synthetic sources, with the report callback."""
+def eval_recipe(tmp_path: Path, devices: int = 1, batch_size: int = 2) -> Path:
+    """A tiny-network test recipe over two synthetic sources, with the report callback (writing to
+    `tmp_path/report`); the seeded network is the same in every run."""
     shards = {name: write_synthetic_shards(tmp_path / name, name, count, size=(64, 64), seed=seed, progress=False)
               for name, (seed, count) in SOURCES.items()}
     recipe = {
+        "seed_everything": 0,
         "trainer": {
-            "accelerator": "cpu", "devices": 1, "precision": "32-true", "logger": False,
-            "default_root_dir": str(tmp_path), "enable_progress_bar": False,
+            "accelerator": "cpu", "devices": devices, "strategy": "ddp" if devices > 1 else "auto",
+            "precision": "32-true", "logger": False, "default_root_dir": str(tmp_path), "enable_progress_bar": False,
             "callbacks": [{"class_path": "dp_train.report.EvaluationReport",
                            "init_args": {"out_dir": str(tmp_path / "report"), "worst_cases": 3}}],
         },
@@ -36,7 +40,7 @@ def eval_recipe(tmp_path: Path) -> Path:
         },
         "data": {
             "test_sources": [{"name": name, "urls": str(path)} for name, path in shards.items()],
-            "image_size": 512, "batch_size": 2, "num_workers": 0, "pin_memory": False,
+            "image_size": 512, "batch_size": batch_size, "num_workers": 0, "pin_memory": False,
         },
     }
     path = tmp_path / "eval.yaml"
@@ -73,3 +77,37 @@ def test_the_report_lists_every_image_and_its_dataset_means(tmp_path):
     for plot in PLOTS.values():
         assert (out / plot).read_bytes()[:8] == PNG_SIGNATURE, plot
         assert f"({plot})" in report
+
+
+def worst_section(report: Path) -> str:
+    """The worst-images table of report.md."""
+    return report.read_text().split("## Worst")[1].split("## Plots")[0]
+
+
+@pytest.mark.slow
+def test_two_ranks_write_the_report_of_one_process(tmp_path_factory):
+    """3 images per source, one per batch, over 2 ranks: rank 1 runs 2 padding batches to keep step with rank 0.
+    The report lists every image once (no padding), with the one-process values, and the same worst cases."""
+    runs = {devices: tmp_path_factory.mktemp(f"report{devices}") for devices in (1, 2)}
+    for devices, run in runs.items():
+        launch(run, "test", eval_recipe(run, devices, batch_size=1))
+
+    def by_image(run: Path) -> dict[tuple[str, str], dict[str, str]]:
+        rows = read_csv(run / "report" / "per_image.csv")
+        assert len(rows) == sum(count for _, count in SOURCES.values())
+        return {(row["dataset"], row["key"]): row for row in rows}
+
+    two, one = by_image(runs[2]), by_image(runs[1])
+    assert two.keys() == one.keys()
+    for image, row in one.items():
+        for column, value in row.items():
+            if column not in ("dataset", "key") and value:
+                # Tolerance: float32 sums over a few hundred thousand pixels, in another process.
+                assert float(two[image][column]) == pytest.approx(float(value), rel=1e-5, abs=1e-7), (image, column)
+            else:
+                assert two[image][column] == value, (image, column)
+    per_dataset = {devices: read_csv(run / "report" / "per_dataset.csv") for devices, run in runs.items()}
+    assert [r["n_images"] for r in per_dataset[2]] == [r["n_images"] for r in per_dataset[1]]
+    worst = {devices: re.findall(r"\| (synth_[ab] \| \S+) \|", worst_section(run / "report" / "report.md"))
+             for devices, run in runs.items()}
+    assert len(worst[1]) == 3 and worst[2] == worst[1]

@@ -3,10 +3,8 @@ uninterrupted run ends: same samples from the stream, optimizer, schedule, EMA, 
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,8 +14,8 @@ import yaml
 from dp_train.cli import main
 from dp_train.data.synth import write_synthetic_shards
 from dp_train.resume import AtomicCheckpointIO, CheckpointError
+from tests.helpers.cli import child_env, dp_train_command
 
-REPO = Path(__file__).resolve().parents[1]
 STEPS, SWITCH, EVERY = 12, 5, 3  # total optimizer steps (a multiple of EVERY), curriculum switch, checkpoint interval
 
 
@@ -55,7 +53,6 @@ def resume_recipe(tmp_path: Path, shards: Path, devices: int, kill_at: int | Non
         "data": {
             "train_sources": [{"name": "a", "urls": str(shards)}, {"name": "b", "urls": str(shards)}],
             "image_size": 512, "batch_size": 1, "samples_per_epoch": 100 * devices, "num_workers": 2,
-            "worker_start_method": "forkserver",  # forked workers of a DDP rank can deadlock on inherited locks
             "pin_memory": False, "shuffle_buffer": 4,
         },
     }
@@ -66,10 +63,8 @@ def resume_recipe(tmp_path: Path, shards: Path, devices: int, kill_at: int | Non
 
 def fit(tmp_path: Path, recipe: Path, *extra: str) -> int:
     """`python -m dp_train fit` in its own process group (so a kill takes all its ranks); its exit code."""
-    env = os.environ | {"PYTHONPATH": str(REPO), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "dp_train", "fit", "--recipe", str(recipe), *extra]
     with open(tmp_path / "log.txt", "a") as log:
-        return subprocess.run(command, env=env, cwd=tmp_path, stdout=log, stderr=log, start_new_session=True,
+        return subprocess.run(dp_train_command("fit", recipe, *extra), env=child_env(), cwd=tmp_path, stdout=log, stderr=log, start_new_session=True,
                               timeout=600).returncode
 
 

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,8 +16,8 @@ import torch
 import yaml
 
 from dp_train.data.synth import write_synthetic_shards
+from tests.helpers.cli import child_env, dp_train_command
 
-REPO = Path(__file__).resolve().parents[1]
 JOB_ID = "774242"
 
 
@@ -69,16 +68,14 @@ def srun(run: Path, recipe_path: Path, *extra: str) -> list[subprocess.Popen]:
     """Start one `python -m dp_train fit` per task with the variables `srun --ntasks-per-node=2` sets."""
     processes = []
     for rank in range(2):
-        env = os.environ | {
-            "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",
+        env = child_env(**{
             "PATH": f"{fake_scontrol(run)}:{os.environ['PATH']}", "MASTER_PORT": str(29500 + os.getpid() % 1000),
             "SLURM_JOB_ID": JOB_ID, "SLURM_JOB_NAME": "dp_train", "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2",
             "SLURM_NNODES": "1", "SLURM_NODELIST": "localhost", "SLURM_PROCID": str(rank),
             "SLURM_LOCALID": str(rank), "SLURM_NODEID": "0",
-        }
+        })
         log = open(run / f"task{rank}.log", "a")
-        processes.append(subprocess.Popen([sys.executable, "-m", "dp_train", "fit", "--recipe", str(recipe_path),
-                                           *extra], env=env, cwd=run, stdout=log, stderr=log))
+        processes.append(subprocess.Popen(dp_train_command("fit", recipe_path, *extra), env=env, cwd=run, stdout=log, stderr=log))
     return processes
 
 

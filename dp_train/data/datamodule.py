@@ -17,6 +17,9 @@ from dp_train.resume import TrainPosition, gather_per_rank, own_entry
 
 log = logging.getLogger(__name__)
 
+START_METHODS = ("auto", None, "fork", "spawn", "forkserver")
+"""Accepted `worker_start_method` values."""
+
 
 def single_threaded_worker(worker_id: int) -> None:
     """Keep OpenCV to one thread per dataloader worker (it would otherwise start one per core in each)."""
@@ -57,7 +60,10 @@ class DepthDataModule(L.LightningDataModule):
         batch_size: per-rank batch size.
         samples_per_epoch: samples in one training epoch over all ranks.
         num_workers: dataloader workers per rank.
-        worker_start_method: multiprocessing start method of the workers (None: platform default).
+        worker_start_method: multiprocessing start method of the workers: "fork", "spawn", "forkserver",
+            None (the platform default) or "auto": "forkserver" in multi-process runs, where a worker
+            forked from a rank whose communication threads hold a lock at that moment can deadlock,
+            and the platform default otherwise (fork on Linux: workers start fastest).
         augment: training augmentation settings.
         shuffle_buffer: raw records per source shuffled in each worker.
         seed: seeds every shuffle, mixture draw and augmentation.
@@ -74,7 +80,7 @@ class DepthDataModule(L.LightningDataModule):
         val_batch_size: int | None = None,
         samples_per_epoch: int = 10_000,
         num_workers: int = 4,
-        worker_start_method: str | None = None,
+        worker_start_method: str | None = "auto",
         augment: AugmentConfig | None = None,
         shuffle_buffer: int = 32,
         seed: int = 0,
@@ -90,6 +96,8 @@ class DepthDataModule(L.LightningDataModule):
         self.val_batch_size = val_batch_size or batch_size
         self.samples_per_epoch = samples_per_epoch
         self.num_workers = num_workers
+        if worker_start_method not in START_METHODS:
+            raise ValueError(f"data.worker_start_method={worker_start_method!r}: choose one of {START_METHODS}")
         self.worker_start_method = worker_start_method
         self.augment = augment or AugmentConfig()
         self.shuffle_buffer = shuffle_buffer
@@ -124,6 +132,12 @@ class DepthDataModule(L.LightningDataModule):
             if stream is not None:
                 stream.set_distributed(rank, world_size)
 
+    def _start_method(self) -> str | None:
+        """The workers' start method: "auto" resolved for this run's world size."""
+        if self.worker_start_method != "auto":
+            return self.worker_start_method
+        return "forkserver" if self._distribution()[1] > 1 else None
+
     def _loader(self, stream, position_fn: Callable[[], tuple[int, int]] | None = None) -> EpochLoader:
         workers = self.num_workers
         return EpochLoader(
@@ -131,7 +145,7 @@ class DepthDataModule(L.LightningDataModule):
             position_fn=position_fn,
             num_workers=workers,
             worker_init_fn=single_threaded_worker if workers > 0 else None,
-            multiprocessing_context=self.worker_start_method if workers > 0 else None,
+            multiprocessing_context=self._start_method() if workers > 0 else None,
             pin_memory=self.pin_memory,
             persistent_workers=False,
             prefetch_factor=2 if workers > 0 else None,

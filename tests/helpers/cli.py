@@ -1,0 +1,27 @@
+"""Running `python -m dp_train` as a child process, as users do (multi-process strategies need their own process)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a child run: this checkout importable, no wandb, one thread per process."""
+    return os.environ | {"PYTHONPATH": str(REPO), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"} | extra
+
+
+def dp_train_command(command: str, recipe_path: Path, *extra: str) -> list[str]:
+    """The argv of `python -m dp_train COMMAND --recipe RECIPE EXTRA...`."""
+    return [sys.executable, "-m", "dp_train", command, "--recipe", str(recipe_path), *extra]
+
+
+def launch(run: Path, command: str, recipe_path: Path, *extra: str) -> None:
+    """Run `python -m dp_train COMMAND` in `run` (ranks > 0 are started by Lightning) and require success."""
+    done = subprocess.run(dp_train_command(command, recipe_path, *extra), env=child_env(), cwd=run,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
