@@ -212,12 +212,12 @@ def read_focal_file(path: Path) -> dict[str, float]:
             items = list(table.items())
         else:
             rows = [r for r in csv.reader(text.splitlines()) if r and r[0].strip()]
-            if rows and not _is_number(rows[0][1] if len(rows[0]) > 1 else ""):
+            if rows and not is_number(rows[0][1] if len(rows[0]) > 1 else ""):
                 rows = rows[1:]  # header
             if any(len(r) < 2 for r in rows):
                 raise ValueError("every CSV row needs two columns: stem,f_px")
             items = [(r[0].strip(), r[1]) for r in rows]
-        focal = {str(stem): _positive(value, f"f_px of {stem!r}") for stem, value in items}
+        focal = {str(stem): positive_number(value, f"f_px of {stem!r}") for stem, value in items}
     except ValueError as e:
         raise ConvertError(f"cannot read focal file {path}: {e}") from None
     if not focal:
@@ -225,7 +225,7 @@ def read_focal_file(path: Path) -> dict[str, float]:
     return focal
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
     """True if text parses as a float."""
     try:
         float(text)
@@ -234,7 +234,7 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _positive(value: Any, what: str) -> float:
+def positive_number(value: Any, what: str) -> float:
     """value as a positive finite float, else ValueError naming `what`."""
     try:
         number = float(value)
@@ -248,7 +248,7 @@ def _positive(value: Any, what: str) -> float:
 # ----------------------------------------------------------------------------- matching
 
 
-def _files_by_stem(folder: Path, exts: tuple[str, ...]) -> dict[str, list[Path]]:
+def files_by_stem(folder: Path, exts: tuple[str, ...]) -> dict[str, list[Path]]:
     """Map file stem -> files in `folder` (not recursive) with one of `exts`."""
     found: dict[str, list[Path]] = {}
     for path in sorted(folder.iterdir()):
@@ -257,7 +257,7 @@ def _files_by_stem(folder: Path, exts: tuple[str, ...]) -> dict[str, list[Path]]
     return found
 
 
-def _count_problem(what: str, files: list[Path]) -> str | None:
+def count_problem(what: str, files: list[Path]) -> str | None:
     """Why a stem cannot be used when it has not exactly one `what` file, else None."""
     if not files:
         return f"no {what} file"
@@ -275,9 +275,9 @@ def find_jobs(
     focal_name: str = "the focal file",
 ) -> tuple[list[Job], list[tuple[str, str]]]:
     """Match files by stem: (jobs in sorted stem order, [(stem, reason)] for unusable stems)."""
-    images = _files_by_stem(images_dir, IMAGE_EXTS)
-    depths = _files_by_stem(depth_dir, DEPTH_EXTS)
-    masks = _files_by_stem(mask_dir, MASK_EXTS) if mask_dir else {}
+    images = files_by_stem(images_dir, IMAGE_EXTS)
+    depths = files_by_stem(depth_dir, DEPTH_EXTS)
+    masks = files_by_stem(mask_dir, MASK_EXTS) if mask_dir else {}
     jobs: list[Job] = []
     skipped: list[tuple[str, str]] = []
     key_owner: dict[str, str] = {}
@@ -286,7 +286,7 @@ def find_jobs(
         candidates = {"image": images.get(stem, []), "depth": depths.get(stem, [])}
         if mask_dir:
             candidates["mask"] = masks.get(stem, [])
-        reason = next(filter(None, (_count_problem(w, f) for w, f in candidates.items())), None)
+        reason = next(filter(None, (count_problem(w, f) for w, f in candidates.items())), None)
         if reason is None and focal is not None and stem not in focal:
             reason = f"no focal length in {focal_name}"
         if reason is None and key in key_owner:
@@ -304,7 +304,7 @@ def find_jobs(
 # ----------------------------------------------------------------------------- per sample
 
 
-def _load(path: Path, reader: Callable[[Path], np.ndarray]) -> np.ndarray:
+def read_or_skip(path: Path, reader: Callable[[Path], np.ndarray]) -> np.ndarray:
     """reader(path), turning any failure into SkipSample naming the file."""
     try:
         return reader(path)
@@ -331,8 +331,8 @@ def convert_one(job: Job, opts: Options) -> Result:
 
 def _convert(job: Job, opts: Options) -> tuple[dict[str, bytes | str], SampleStats]:
     """convert_one without the error handling."""
-    image = _load(job.image, read_image)
-    depth = _load(job.depth, functools.partial(read_depth, png_scale=opts.png_scale))
+    image = read_or_skip(job.image, read_image)
+    depth = read_or_skip(job.depth, functools.partial(read_depth, png_scale=opts.png_scale))
     if depth.ndim == 3 and depth.shape[2] == 1:
         depth = depth[..., 0]
     h, w = image.shape[:2]
@@ -340,7 +340,7 @@ def _convert(job: Job, opts: Options) -> tuple[dict[str, bytes | str], SampleSta
         raise SkipSample(f"depth has shape {depth.shape}, expected a single channel")
     if depth.shape != (h, w):
         raise SkipSample(f"size mismatch: image {w}x{h}, depth {depth.shape[1]}x{depth.shape[0]}")
-    mask = _load(job.mask, read_mask) if job.mask else None
+    mask = read_or_skip(job.mask, read_mask) if job.mask else None
     if mask is not None and mask.shape != (h, w):
         raise SkipSample(f"size mismatch: image {w}x{h}, mask {mask.shape[1]}x{mask.shape[0]}")
     metric, depth_kind, per_metre = UNITS[opts.units]
@@ -351,10 +351,10 @@ def _convert(job: Job, opts: Options) -> tuple[dict[str, bytes | str], SampleSta
         hint = f"; {n_negative} negative values: sign convention?" if n_negative else ""
         raise SkipSample(f"no valid depth pixels (all non-finite, <= 0 or masked){hint}")
     raw = encode_sample(sample, opts.depth_format, opts.image_format)
-    return raw, _sample_stats(sample.depth[sample.valid], w, h, job.f_px)
+    return raw, sample_stats(sample.depth[sample.valid], w, h, job.f_px)
 
 
-def _sample_stats(values: np.ndarray, width: int, height: int, f_px: float | None) -> SampleStats:
+def sample_stats(values: np.ndarray, width: int, height: int, f_px: float | None) -> SampleStats:
     """Statistics of one sample's valid depth values."""
     log = np.log10(values.astype(np.float64))
     bins = np.clip(((log - LOG10_LO) * BINS_PER_DECADE).astype(np.int64), 0, N_BINS - 1)
@@ -425,7 +425,7 @@ class Report:
         }
 
 
-def _hints(summary: dict[str, Any], metric: bool) -> list[str]:
+def unusual_statistics(summary: dict[str, Any], metric: bool) -> list[str]:
     """Warnings about unusual statistics (wrong --units or focal length)."""
     hints = []
     depth, fov = summary["depth"], summary["hfov_deg"]
@@ -566,7 +566,7 @@ def convert(args: argparse.Namespace) -> int:
         "dataset": opts.dataset, "units": opts.units, "metric": metric, "depth_kind": depth_kind,
         "synthetic": opts.synthetic, "sparse": opts.sparse,
         "samples_written": writer.num_samples, "samples_skipped": len(skipped),
-        "shards": len(writer.shards), **summary, "warnings": _hints(summary, metric),
+        "shards": len(writer.shards), **summary, "warnings": unusual_statistics(summary, metric),
         "index": str(writer.index_path), "report": str(out / f"{prefix}.report.json"),
         "skipped_list": str(out / f"{prefix}.skipped.txt"),
     }

@@ -36,22 +36,22 @@ from dp_train.data.convert import (
     Result,
     SampleStats,
     SkipSample,
-    _count_problem,
-    _files_by_stem,
-    _hints,
-    _is_number,
-    _load,
-    _positive,
-    _sample_stats,
     check_output,
     collect_results,
+    count_problem,
+    files_by_stem,
+    is_number,
     parallel_results,
+    positive_number,
     read_depth,
     read_image,
     read_mask,
+    read_or_skip,
     read_pfm,
     safe_result,
+    sample_stats,
     save_report,
+    unusual_statistics,
 )
 from dp_train.data.schema import SampleMeta, ShardWriter, encode_sample, make_sample, sanitize_key
 
@@ -180,9 +180,9 @@ def read_middlebury_calib(path: Path) -> MiddleburyCalib:
     if missing:
         raise ValueError(f"missing {', '.join(missing)}")
     return MiddleburyCalib(
-        f=_positive(_matrix(fields["cam0"], 3, 3)[0, 0], "cam0 focal length"),
+        f=positive_number(_matrix(fields["cam0"], 3, 3)[0, 0], "cam0 focal length"),
         doffs=float(fields["doffs"]),
-        baseline_mm=_positive(fields["baseline"], "baseline"),
+        baseline_mm=positive_number(fields["baseline"], "baseline"),
         width=int(fields["width"]),
         height=int(fields["height"]),
     )
@@ -203,9 +203,9 @@ def middlebury_depth(disparity: np.ndarray, calib: MiddleburyCalib) -> np.ndarra
 def load_middlebury(folder: Path) -> Loaded:
     """One Middlebury 2014 scene folder: the left image im0.png, its disparity disp0.pfm
     converted to metric depth, f_px from calib.txt."""
-    calib = _load(folder / "calib.txt", read_middlebury_calib)
-    image = _load(folder / "im0.png", read_image)
-    disparity = _load(folder / "disp0.pfm", read_pfm)
+    calib = read_or_skip(folder / "calib.txt", read_middlebury_calib)
+    image = read_or_skip(folder / "im0.png", read_image)
+    disparity = read_or_skip(folder / "disp0.pfm", read_pfm)
     h, w = image.shape[:2]
     if (calib.width, calib.height) != (w, h):
         raise SkipSample(f"calib.txt says {calib.width}x{calib.height} but im0.png is {w}x{h}")
@@ -280,11 +280,11 @@ def read_sintel_cam(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def load_sintel(image: Path, depth: Path, cam: Path) -> Loaded:
     """One Sintel frame: rendered image, .dpt depth, f_px = M[0, 0] of the .cam file."""
-    intrinsics, _ = _load(cam, read_sintel_cam)
+    intrinsics, _ = read_or_skip(cam, read_sintel_cam)
     f_px = float(intrinsics[0, 0])
     if not (math.isfinite(f_px) and f_px > 0):
         raise SkipSample(f"{cam.name}: focal length M[0,0] = {f_px} is not positive")
-    return Loaded(_load(image, read_image), _load(depth, read_dpt), f_px)
+    return Loaded(read_or_skip(image, read_image), read_or_skip(depth, read_dpt), f_px)
 
 
 def find_sintel(root: Path, render_pass: str = "final") -> tuple[list[Item], Skipped]:
@@ -330,13 +330,13 @@ def read_kitti_focal(path: Path, camera: str) -> float:
             numbers = [float(v) for v in values.split()]
             if len(numbers) != 12:
                 raise ValueError(f"{name} has {len(numbers)} values, expected 12")
-            return _positive(numbers[0], f"{name}[0]")
+            return positive_number(numbers[0], f"{name}[0]")
     raise ValueError(f"no {name} line")
 
 
 def load_kitti(image: Path, depth: Path, f_px: float) -> Loaded:
     """One KITTI raw image with its annotated 16-bit depth PNG (value / 256 m, 0 = no measurement)."""
-    return Loaded(_load(image, read_image), _load(depth, partial(read_depth, png_scale=KITTI_DEPTH_SCALE)), f_px)
+    return Loaded(read_or_skip(image, read_image), read_or_skip(depth, partial(read_depth, png_scale=KITTI_DEPTH_SCALE)), f_px)
 
 
 def _kitti_calib(root: Path, drive: str) -> Path:
@@ -352,7 +352,7 @@ def _kitti_camera(root: Path, drive: str, cam_dir: Path) -> tuple[list[Item], Sk
     keys = [sanitize_key(f"{drive}_{cam_dir.name}_{d.stem}") for d in depths]
     calib = _kitti_calib(root, drive)
     try:
-        f_px = _load(calib, partial(read_kitti_focal, camera=cam_dir.name[-2:]))
+        f_px = read_or_skip(calib, partial(read_kitti_focal, camera=cam_dir.name[-2:]))
     except SkipSample as e:
         return _skip_group(keys, calib.parent, e)
     items: list[Item] = []
@@ -503,7 +503,7 @@ def read_colmap_image_cameras(path: Path) -> dict[str, int]:
     Each image has a line IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME followed by a line of
     2-D points; the image line is the one whose tenth field is a name, not a number.
     """
-    return {Path(f[9]).name: int(f[8]) for f in _colmap_lines(path) if len(f) >= 10 and not _is_number(f[9])}
+    return {Path(f[9]).name: int(f[8]) for f in _colmap_lines(path) if len(f) >= 10 and not is_number(f[9])}
 
 
 def _thin_prism_fisheye(x: np.ndarray, y: np.ndarray, coeffs: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -558,11 +558,11 @@ def read_raw_depth(path: Path, width: int, height: int) -> np.ndarray:
 def load_eth3d(image: Path, depth: Path, camera: ColmapCamera, depth_camera: ColmapCamera) -> Loaded:
     """One ETH3D DSLR image: the undistorted JPEG (PINHOLE `camera`, f_px = fx) and the depth map
     of its distorted original (`depth_camera`), resampled onto the undistorted image."""
-    rgb = _load(image, read_image)
+    rgb = read_or_skip(image, read_image)
     if rgb.shape[:2] != (camera.height, camera.width):
         raise SkipSample(f"{image.name} is {rgb.shape[1]}x{rgb.shape[0]} "
                          f"but cameras.txt says {camera.width}x{camera.height}")
-    raw = _load(depth, partial(read_raw_depth, width=depth_camera.width, height=depth_camera.height))
+    raw = read_or_skip(depth, partial(read_raw_depth, width=depth_camera.width, height=depth_camera.height))
     return Loaded(rgb, resample_depth(raw, depth_camera, camera), camera.params[0])
 
 
@@ -571,8 +571,8 @@ ETH3D_CALIBRATIONS = ("dslr_calibration_undistorted", "dslr_calibration_jpg")  #
 
 def _eth3d_cameras(calibration: Path) -> dict[str, ColmapCamera]:
     """Image name -> camera, from a calibration folder's cameras.txt and images.txt."""
-    cameras = _load(calibration / "cameras.txt", read_colmap_cameras)
-    by_image = _load(calibration / "images.txt", read_colmap_image_cameras)
+    cameras = read_or_skip(calibration / "cameras.txt", read_colmap_cameras)
+    by_image = read_or_skip(calibration / "images.txt", read_colmap_image_cameras)
     unknown = sorted({c for c in by_image.values() if c not in cameras})
     if unknown:
         raise SkipSample(f"images.txt uses camera id {unknown[0]}, which cameras.txt lacks")
@@ -643,15 +643,15 @@ def read_ibims_calib(path: Path) -> float:
     values = [float(v) for v in re.split(r"[,\s]+", path.read_text().strip()) if v]
     if len(values) != 4:
         raise ValueError(f"expected 4 numbers fx,fy,cx,cy, got {len(values)}")
-    return _positive(values[0], "fx")
+    return positive_number(values[0], "fx")
 
 
 def load_ibims(image: Path, depth: Path, calib: Path, masks: tuple[Path, ...]) -> Loaded:
     """One iBims-1 image; a pixel is valid where depth > 0 and every mask is nonzero."""
-    depth_m = _load(depth, partial(read_depth, png_scale=IBIMS_DEPTH_SCALE))
-    planes = [_load(m, read_mask) for m in masks]
+    depth_m = read_or_skip(depth, partial(read_depth, png_scale=IBIMS_DEPTH_SCALE))
+    planes = [read_or_skip(m, read_mask) for m in masks]
     mask = np.logical_and.reduce(planes) if planes else None
-    return Loaded(_load(image, read_image), depth_m, _load(calib, read_ibims_calib), mask)
+    return Loaded(read_or_skip(image, read_image), depth_m, read_or_skip(calib, read_ibims_calib), mask)
 
 
 def find_ibims(root: Path) -> tuple[list[Item], Skipped]:
@@ -697,7 +697,7 @@ def read_alpha(path: Path) -> np.ndarray:
 
 def load_matting(image: Path, alpha: Path) -> Loaded:
     """One image + alpha matte pair of a boundary set: no depth (every pixel invalid), no focal length."""
-    return Loaded(_load(image, read_image), None, None, alpha=_load(alpha, read_alpha))
+    return Loaded(read_or_skip(image, read_image), None, None, alpha=read_or_skip(alpha, read_alpha))
 
 
 def find_matting(folder: Path, image_dir: str = "im", alpha_dir: str = "gt") -> tuple[list[Item], Skipped]:
@@ -707,13 +707,13 @@ def find_matting(folder: Path, image_dir: str = "im", alpha_dir: str = "gt") -> 
     DIS5K (xuebinqin.github.io/dis): DIS-TR, DIS-VD and DIS-TE1..4, each with im/*.jpg and gt/*.png
     (8-bit, 0 background, 255 object). Stored alpha = value / 255; depth all invalid, no f_px.
     """
-    images = _files_by_stem(_require_dir(folder / image_dir, "image folder"), IMAGE_EXTS)
-    alphas = _files_by_stem(_require_dir(folder / alpha_dir, "alpha folder"), (".png",))
+    images = files_by_stem(_require_dir(folder / image_dir, "image folder"), IMAGE_EXTS)
+    alphas = files_by_stem(_require_dir(folder / alpha_dir, "alpha folder"), (".png",))
     items: list[Item] = []
     skipped: Skipped = []
     for stem in sorted(images.keys() | alphas.keys()):
         pair = {"image": images.get(stem, []), "alpha": alphas.get(stem, [])}
-        reason = next(filter(None, (_count_problem(what, files) for what, files in pair.items())), None)
+        reason = next(filter(None, (count_problem(what, files) for what, files in pair.items())), None)
         if reason:
             skipped.append((stem, reason))
         else:
@@ -811,10 +811,10 @@ def read_hypersim_color(path: Path) -> np.ndarray:
 def load_hypersim(depth: Path, image: Path, camera: HypersimCamera) -> Loaded:
     """One Hypersim frame: depth_meters (ray distance) converted to planar depth, the image from
     tonemap.jpg or a tone-mapped color.hdf5."""
-    distance = _load(depth, read_hdf5_array)
+    distance = read_or_skip(depth, read_hdf5_array)
     if distance.shape != (camera.height, camera.width):
         raise SkipSample(f"{depth.name} has shape {distance.shape}, the camera is {camera.width}x{camera.height}")
-    rgb = _load(image, read_image if image.suffix == ".jpg" else read_hypersim_color)
+    rgb = read_or_skip(image, read_image if image.suffix == ".jpg" else read_hypersim_color)
     return Loaded(rgb, hypersim_planar_depth(distance.astype(np.float64), camera), camera.f_px)
 
 
@@ -906,7 +906,7 @@ def _convert(item: Item, settings: Settings) -> tuple[dict[str, bytes | str], Sa
     raw = encode_sample(sample, settings.depth_format, settings.image_format)
     if not sample.valid.any():
         return raw, SampleStats(w, h, 0, math.inf, -math.inf, np.zeros(N_BINS, np.int64), loaded.f_px)
-    return raw, _sample_stats(sample.depth[sample.valid], w, h, loaded.f_px)
+    return raw, sample_stats(sample.depth[sample.valid], w, h, loaded.f_px)
 
 
 def _unique_keys(items: Sequence[Item], skipped: Skipped) -> list[Item]:
@@ -953,7 +953,7 @@ def write_shards(
         "dataset": settings.dataset, "units": "m" if info.metric else "none", "metric": info.metric,
         "depth_kind": "depth", "synthetic": info.synthetic, "sparse": info.sparse,
         "samples_written": writer.num_samples, "samples_skipped": len(skipped),
-        "shards": len(writer.shards), **summary, "warnings": _hints(summary, info.metric),
+        "shards": len(writer.shards), **summary, "warnings": unusual_statistics(summary, info.metric),
         "index": str(writer.index_path), "report": str(out / f"{prefix}.report.json"),
         "skipped_list": str(out / f"{prefix}.skipped.txt"),
     }, sorted(skipped))
