@@ -16,6 +16,7 @@ import sys
 from typing import NoReturn
 
 from jsonargparse import ActionConfigFile, lazy_instance
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 
@@ -41,6 +42,10 @@ TRAINER_DEFAULTS = {
 }
 """Used where a recipe sets none: wandb (honours WANDB_MODE) and kill-safe checkpoint files. Recipe callbacks are
 added to the default ones (save-and-requeue on SIGUSR1/SIGTERM), so the rich progress bar is set in the recipes."""
+
+
+class RecipeError(Exception):
+    """A recipe value that the classes it configures refuse (printed as one `error:` line)."""
 
 
 class RecipeParser(LightningArgumentParser):
@@ -82,6 +87,25 @@ class DepthProCLI(LightningCLI):
             "--report_validation", type=bool, default=False,
             help="fit: run and print the full validation before and after training",
         )
+        parser.add_argument(
+            "--weights", type=str | None, default=None,
+            help="network weights (Apple's depth_pro.pt, a .safetensors or a .ckpt): shorthand for --model.init_from",
+        )
+
+    def instantiate_classes(self) -> None:
+        """Build the model, data and trainer. What they refuse (an unknown preset or network field, a weights
+        file that is missing or does not fit, conflicting trainer settings) is a `RecipeError`, one line."""
+        try:
+            super().instantiate_classes()
+        except (ValueError, KeyError, FileNotFoundError, MisconfigurationException) as err:
+            message = err.args[0] if isinstance(err, KeyError) and err.args else err
+            raise RecipeError(str(message)) from None
+
+    def before_instantiate_classes(self) -> None:
+        """`--weights` fills `model.init_from` (evaluating released weights reads like evaluating a checkpoint)."""
+        config = self.config[self.subcommand]
+        if config.weights:
+            config.model.init_from = config.weights
 
     def _report(self) -> None:
         if self.subcommand == "fit" and self.config.fit.report_validation:
@@ -125,7 +149,7 @@ def run_lightning(argv: list[str]) -> int:
             parser_kwargs={"prog": "dp_train"},
             parser_class=RecipeParser,
         )
-    except (CheckpointError, DataError) as err:
+    except (CheckpointError, DataError, RecipeError) as err:
         sys.stderr.write(f"error: {err}\n")
         return 1
     except Preempted as stop:

@@ -8,10 +8,13 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from dp_train.cli import main
 from dp_train.data.synth import write_synthetic_shards
+from dp_train.model.weights import save_weights
+from dp_train.module import build_network
 from dp_train.report import PLOTS
 from tests.helpers.cli import launch
 
@@ -77,6 +80,22 @@ def test_the_report_lists_every_image_and_its_dataset_means(tmp_path):
     for plot in PLOTS.values():
         assert (out / plot).read_bytes()[:8] == PNG_SIGNATURE, plot
         assert f"({plot})" in report
+
+
+@pytest.mark.slow
+def test_weights_flag_evaluates_the_given_weights(tmp_path):
+    recipe = eval_recipe(tmp_path)
+    config = yaml.safe_load(recipe.read_text())
+    torch.manual_seed(1)  # other weights than the recipe's seeded initialisation
+    save_weights(build_network(config["model"]["preset"], config["model"]["network"]), tmp_path / "w.safetensors")
+
+    def per_image(*extra: str) -> list[dict[str, str]]:
+        assert main(["test", "--recipe", str(recipe), *extra]) == 0
+        return read_csv(tmp_path / "report" / "per_image.csv")
+
+    given = per_image("--weights", str(tmp_path / "w.safetensors"))
+    assert given == per_image(f"--model.init_from={tmp_path / 'w.safetensors'}")
+    assert [r["abs_rel"] for r in given] != [r["abs_rel"] for r in per_image()]
 
 
 def worst_section(report: Path) -> str:

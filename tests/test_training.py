@@ -106,6 +106,20 @@ def test_a_wrong_recipe_key_fails_before_any_work_naming_the_key(tmp_path, capsy
     assert "presett" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("override", "culprit"), [
+    ("--weights=absent/depth_pro.pt", "weights file not found: absent/depth_pro.pt"),
+    ("--model.preset=tinyy", "unknown preset 'tinyy'"),
+    ("--model.network.vit_size=128", "model.network: "),
+    ("--data.worker_start_method=threads", "data.worker_start_method='threads'"),
+])
+def test_a_value_the_classes_refuse_is_one_error_line(tmp_path, capsys, override, culprit):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"trainer": {"logger": False}, "model": {"preset": "tiny"}}))
+    assert main(["validate", "--recipe", str(recipe), override]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith(f"error: {culprit}") and "Traceback" not in "".join(lines)
+
+
 def test_a_wrong_network_field_is_named(tmp_path):
     from dp_train.module import DepthProModule
 
