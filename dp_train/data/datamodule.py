@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import multiprocessing
 from collections.abc import Callable, Iterator
+from multiprocessing.context import BaseContext
 from typing import Any
 
 import cv2
@@ -19,6 +21,20 @@ log = logging.getLogger(__name__)
 
 START_METHODS = ("auto", None, "fork", "spawn", "forkserver")
 """Accepted `worker_start_method` values."""
+FORKSERVER_PRELOAD = ("dp_train.data.datamodule", "torch.utils.data._utils.worker")
+"""Modules a fork server imports once, before forking any worker: each worker then starts in ~0.1 s instead
+of importing the data pipeline itself (~5 s, at every epoch and validation)."""
+
+
+def worker_context(method: str | None) -> BaseContext | None:
+    """The multiprocessing context of dataloader workers (None: the platform default); a fork server
+    preloads the data pipeline's modules."""
+    if method is None:
+        return None
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":
+        context.set_forkserver_preload(list(FORKSERVER_PRELOAD))
+    return context
 
 
 def single_threaded_worker(worker_id: int) -> None:
@@ -145,7 +161,7 @@ class DepthDataModule(L.LightningDataModule):
             position_fn=position_fn,
             num_workers=workers,
             worker_init_fn=single_threaded_worker if workers > 0 else None,
-            multiprocessing_context=self._start_method() if workers > 0 else None,
+            multiprocessing_context=worker_context(self._start_method()) if workers > 0 else None,
             pin_memory=self.pin_memory,
             persistent_workers=False,
             prefetch_factor=2 if workers > 0 else None,
