@@ -13,7 +13,10 @@ import importlib
 import os
 import pickle
 import sys
+from pathlib import Path
 from typing import NoReturn
+
+import torch
 
 from jsonargparse import ActionConfigFile, lazy_instance
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -21,6 +24,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 
 from dp_train.data.stream import DataError
+from dp_train.model.config import DepthProConfig
 from dp_train.resume import AtomicCheckpointIO, CheckpointError
 from dp_train.slurm import Preempted, PreemptionCheckpoint, use_stable_wandb_run
 
@@ -73,13 +77,23 @@ class DepthProCLI(LightningCLI):
         return parser
 
     def _parse_ckpt_path(self) -> None:
-        """Lightning reads `--ckpt_path`'s hyper-parameters first: refuse an unreadable file in one line there too."""
-        try:
-            super()._parse_ckpt_path()
-        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
-            path = self.config[self.config.subcommand].get("ckpt_path")
-            raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): "
-                                  f"{type(err).__name__}: {str(err).splitlines()[0]}") from None
+        """With `--ckpt_path FILE`, the checkpoint decides the network's shape (`model.preset` and the shape fields
+        of `model.network`: its weights have that shape) and nothing else. The recipe's other `model` values stand
+        (Lightning would replace them all with the checkpoint's, e.g. an evaluation recipe's `boundary_metrics`),
+        and `model.init_from` is dropped: the weights come from the checkpoint, and the file a training run
+        started from need not exist where its checkpoint is evaluated. An unreadable file is one error line."""
+        config = self.config.get(self.config.get("subcommand") or "")
+        path = config.get("ckpt_path") if config is not None else None
+        if not path or not Path(path).is_file():
+            return
+        hparams = checkpoint_hparams(path)
+        model = config.model
+        if "preset" in hparams:
+            model.preset = hparams["preset"]
+        shape = {k: v for k, v in (hparams.get("network") or {}).items() if k not in DepthProConfig.RUNTIME_FIELDS}
+        run_as = {k: v for k, v in (model.network or {}).items() if k == "grad_checkpointing"}
+        model.network = shape | run_as
+        model.init_from = None
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Options of our own next to the trainer/model/data groups."""
@@ -120,6 +134,16 @@ class DepthProCLI(LightningCLI):
     def after_fit(self) -> None:
         """Validation metrics of the trained weights (with --report_validation)."""
         self._report()
+
+
+def checkpoint_hparams(path: str) -> dict:
+    """The `hyper_parameters` of a Lightning checkpoint file (memory-mapped: the tensors are not read)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): "
+                              f"{type(err).__name__}: {str(err).splitlines()[0]}") from None
+    return dict(checkpoint.get("hyper_parameters") or {})
 
 
 def separate_sweep_checkpoints(trainer) -> None:

@@ -12,6 +12,7 @@ import yaml
 from dp_train.cli import main
 from dp_train.data.synth import write_synthetic_shards
 from dp_train.model import DepthProConfig, build_depth_pro, load_weights
+from dp_train.model.weights import save_weights
 
 REPO = Path(__file__).resolve().parents[1]
 SWITCH_STEP = 24
@@ -95,6 +96,28 @@ def test_fit_learns_switches_stage_and_exports(tmp_path, synthetic_shards):
                                                 encoder_feature_dims=(8, 16, 32, 32)))
     load_weights(net, out)  # strict: the exported file has exactly the network's tensors
     assert torch.isfinite(net.head[0].weight).all()
+
+
+@pytest.mark.slow
+def test_a_checkpoint_decides_the_network_shape_and_the_recipe_the_rest(tmp_path, synthetic_shards):
+    """Evaluate a checkpoint with another recipe: the network's shape comes from the checkpoint, evaluation
+    settings from the recipe, and the file the run was initialised from is no longer needed."""
+    start = tmp_path / "start.safetensors"
+    save_weights(build_depth_pro(DepthProConfig.preset("tiny", vit_img_size=128, decoder_features=16,
+                                                       encoder_feature_dims=(8, 16, 32, 32))), start)
+    recipe = short_recipe(tmp_path, synthetic_shards, max_steps=2)
+    trained = ["--recipe", str(REPO / "recipes/quickstart.yaml"), "--recipe", str(recipe), "--report_validation=false"]
+    assert main(["fit", *trained, f"--model.init_from={start}"]) == 0
+    start.unlink()
+
+    evaluation = tmp_path / "eval.yaml"
+    evaluation.write_text(yaml.safe_dump({"model": {"preset": "tiny", "boundary_metrics": True,
+                                                    "network": {"decoder_features": 32}}}))
+    assert main(["validate", *trained, "--recipe", str(evaluation), "--trainer.logger.init_args.name=eval",
+                 f"--ckpt_path={tmp_path / 'ckpt' / 'last.ckpt'}"]) == 0
+    with open(tmp_path / "eval" / "version_0" / "metrics.csv") as fh:
+        row = next(csv.DictReader(fh))
+    assert float(row["val/boundary_f1"]) >= 0 and float(row["val/abs_rel"]) > 0
 
 
 def test_a_wrong_recipe_key_fails_before_any_work_naming_the_key(tmp_path, capsys):

@@ -29,6 +29,9 @@ class DepthProConfig:
     dinov2_weights: str | None = None
     """Optional local DINOv2 state dict (.pth/.safetensors) to initialise the ViTs."""
 
+    RUNTIME_FIELDS = ("grad_checkpointing", "dinov2_weights")
+    """Fields that say how the network is built or run, not the shape of its weights."""
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "hook_blocks", tuple(self.hook_blocks))
         object.__setattr__(self, "encoder_feature_dims", tuple(self.encoder_feature_dims))
