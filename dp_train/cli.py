@@ -137,13 +137,31 @@ class DepthProCLI(LightningCLI):
 
 
 def checkpoint_hparams(path: str) -> dict:
-    """The `hyper_parameters` of a Lightning checkpoint file (memory-mapped: the tensors are not read)."""
+    """The `hyper_parameters` of a Lightning checkpoint file, read memory-mapped (the tensors are not read).
+
+    Raises CheckpointError (one line, naming the file) for an unreadable file and for network weights
+    without training state (Apple's `depth_pro.pt`, an export), which belong in `--weights`."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
+        checkpoint = _load_mapped(path)
+    except pickle.UnpicklingError:  # torch's message suggests weights_only=False: not for a file we cannot read
+        raise CheckpointError(f"{path}: not a torch checkpoint file (or it holds more than tensors and plain "
+                              "data)") from None
+    except (RuntimeError, EOFError, OSError) as err:
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): "
                               f"{type(err).__name__}: {str(err).splitlines()[0]}") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path}: network weights, not a training checkpoint: pass them as --weights")
     return dict(checkpoint.get("hyper_parameters") or {})
+
+
+def _load_mapped(path: str) -> object:
+    """torch.load, memory-mapped where the file's format allows it (torch's zip format; legacy files are read)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as err:
+        if "mmap" not in str(err):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def separate_sweep_checkpoints(trainer) -> None:

@@ -64,8 +64,8 @@ def resume_recipe(tmp_path: Path, shards: Path, devices: int, kill_at: int | Non
 def fit(tmp_path: Path, recipe: Path, *extra: str) -> int:
     """`python -m dp_train fit` in its own process group (so a kill takes all its ranks); its exit code."""
     with open(tmp_path / "log.txt", "a") as log:
-        return subprocess.run(dp_train_command("fit", recipe, *extra), env=child_env(), cwd=tmp_path, stdout=log, stderr=log, start_new_session=True,
-                              timeout=600).returncode
+        return subprocess.run(dp_train_command("fit", recipe, *extra), env=child_env(), cwd=tmp_path, stdout=log,
+                              stderr=log, start_new_session=True, timeout=600).returncode
 
 
 def final_state(tmp_path: Path) -> dict[str, torch.Tensor]:
@@ -146,3 +146,19 @@ def test_a_truncated_checkpoint_is_refused_in_one_line(tmp_path, capsys):
     assert main(["fit", "--recipe", str(recipe), "--ckpt_path", str(broken)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "broken.ckpt" in err[-1]
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    ({"head.weight": torch.ones(2)}, "weights.pt: network weights, not a training checkpoint: pass them as --weights"),
+    (b"not a checkpoint", "weights.pt: not a torch checkpoint file (or it holds more than tensors and plain data)"),
+])
+def test_a_file_that_is_no_training_checkpoint_is_refused_in_one_line(tmp_path, capsys, content, expected):
+    path = tmp_path / "weights.pt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)  # e.g. Apple's depth_pro.pt: a plain state dict
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"trainer": {"logger": False}, "model": {"preset": "tiny"}}))
+    assert main(["validate", "--recipe", str(recipe), "--ckpt_path", str(path)]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: {tmp_path / expected}"
