@@ -20,8 +20,11 @@ import torch
 
 from jsonargparse import ActionConfigFile, lazy_instance
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.strategies import ModelParallelStrategy
 
 from dp_train.data.stream import DataError
 from dp_train.model.config import DepthProConfig
@@ -114,6 +117,7 @@ class DepthProCLI(LightningCLI):
         except (ValueError, KeyError, FileNotFoundError, MisconfigurationException) as err:
             message = err.args[0] if isinstance(err, KeyError) and err.args else err
             raise RecipeError(str(message)) from None
+        refuse_weight_averaging_under_fsdp(self.trainer)
 
     def before_instantiate_classes(self) -> None:
         """`--weights` fills `model.init_from` (evaluating released weights reads like evaluating a checkpoint)."""
@@ -134,6 +138,16 @@ class DepthProCLI(LightningCLI):
     def after_fit(self) -> None:
         """Validation metrics of the trained weights (with --report_validation)."""
         self._report()
+
+
+def refuse_weight_averaging_under_fsdp(trainer: Trainer) -> None:
+    """EMAWeightAveraging deep-copies the model, which FSDP2's sharded modules refuse (a traceback on every rank
+    once training starts): say so before any work."""
+    if isinstance(trainer.strategy, ModelParallelStrategy):
+        for callback in trainer.callbacks:
+            if isinstance(callback, WeightAveraging):
+                raise RecipeError(f"{type(callback).__name__} (trainer.callbacks) cannot run under FSDP "
+                                  "(ModelParallelStrategy): it deep-copies the sharded model; remove it or use DDP")
 
 
 def checkpoint_hparams(path: str) -> dict:

@@ -134,3 +134,14 @@ def test_fsdp_writes_sharded_checkpoints_that_resume_and_export(tmp_path, data):
     net = build_depth_pro(DepthProConfig.preset("tiny", **{k: tuple(v) if isinstance(v, list) else v
                                                           for k, v in TINY["network"].items()}))
     load_weights(net, out)  # strict: the consolidated shards are exactly the network's tensors
+
+
+def test_weight_averaging_under_fsdp_is_refused_before_any_work(tmp_path, data, capsys):
+    config = yaml.safe_load(recipe(tmp_path, data, devices=2, strategy=FSDP, batch_size=1).read_text())
+    config["trainer"]["callbacks"] = [{"class_path": "lightning.pytorch.callbacks.EMAWeightAveraging"}]
+    path = tmp_path / "ema.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["fit", "--recipe", str(path)]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: EMAWeightAveraging (trainer.callbacks) cannot run under FSDP (ModelParallelStrategy): it "
+        "deep-copies the sharded model; remove it or use DDP")
