@@ -26,6 +26,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.strategies import ModelParallelStrategy
 
+from dp_train.data.schema import ShardIndexError
 from dp_train.data.stream import DataError
 from dp_train.model.config import DepthProConfig
 from dp_train.resume import AtomicCheckpointIO, CheckpointError
@@ -140,6 +141,16 @@ class DepthProCLI(LightningCLI):
         self._report()
 
 
+def error_line(err: Exception) -> str:
+    """The error's message on one line. An exception re-raised from a DataLoader worker carries the worker's
+    traceback in its message: its last line is the message."""
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Caught ") and "DataLoader worker" in lines[0]:
+        prefix = f"{type(err).__module__}.{type(err).__name__}: "
+        return lines[-1].removeprefix(prefix)
+    return " ".join(lines)
+
+
 def refuse_weight_averaging_under_fsdp(trainer: Trainer) -> None:
     """EMAWeightAveraging deep-copies the model, which FSDP2's sharded modules refuse (a traceback on every rank
     once training starts): say so before any work."""
@@ -205,8 +216,8 @@ def run_lightning(argv: list[str]) -> int:
             parser_kwargs={"prog": "dp_train"},
             parser_class=RecipeParser,
         )
-    except (CheckpointError, DataError, RecipeError) as err:
-        sys.stderr.write(f"error: {err}\n")
+    except (CheckpointError, DataError, RecipeError, ShardIndexError) as err:
+        sys.stderr.write(f"error: {error_line(err)}\n")
         return 1
     except Preempted as stop:
         sys.stderr.write(f"{stop}; resume with --ckpt_path last\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -141,6 +142,34 @@ def test_a_value_the_classes_refuse_is_one_error_line(tmp_path, capsys, override
     assert main(["validate", "--recipe", str(recipe), override]) == 1
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[-1].startswith(f"error: {culprit}") and "Traceback" not in "".join(lines)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_unreadable_training_data_is_one_error_line(tmp_path, capsys, workers):
+    """From the main process or from a data worker (whose exception carries the worker's traceback)."""
+    shard = tmp_path / "bad-000.tar"
+    shard.write_bytes(np.random.default_rng(0).bytes(20_000))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "trainer": {"logger": False, "max_steps": 1, "enable_progress_bar": False, "enable_checkpointing": False},
+        "model": {"preset": "tiny", "network": {"vit_img_size": 128}},
+        "data": {"train_sources": [{"name": "x", "urls": str(shard)}], "image_size": 512, "num_workers": workers},
+    }))
+    assert main(["fit", "--recipe", str(recipe)]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1] == "error: source 'x': no readable sample in its shards for worker 0"
+
+
+def test_a_source_without_any_existing_shard_fails_at_setup_naming_it(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "trainer": {"logger": False, "max_steps": 1},
+        "model": {"preset": "tiny"},
+        "data": {"train_sources": [{"name": "x", "urls": str(tmp_path / "typo-{000..002}.tar")}]},
+    }))
+    assert main(["fit", "--recipe", str(recipe)]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: source 'x': none of its 3 shard file(s) exists (first: {tmp_path / 'typo-000.tar'})")
 
 
 def test_a_wrong_network_field_is_named(tmp_path):

@@ -133,6 +133,8 @@ class DepthDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Build the streams and hand them this process's rank (workers must not look it up)."""
         rank, world_size = self._distribution()
+        for source in self.train_sources + self.val_sources + self.test_sources:
+            source.check_local_shards()
         common = {"seed": self.seed, "max_bad_fraction": self.max_bad_fraction}
         if self.train_sources and self.train_stream is None:
             self.train_stream = TrainStream(

@@ -18,6 +18,7 @@ import dataclasses
 import itertools
 import logging
 import time
+from pathlib import Path
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -65,6 +66,13 @@ class SourceConfig:
         if not urls:
             raise ValueError(f"source {self.name!r} has no shard URLs")
         return urls
+
+    def check_local_shards(self) -> None:
+        """Raise DataError when none of the source's shards exists (local paths only: URLs and `pipe:` commands
+        are opened by webdataset), so a typo in `urls` stops the run at setup, not in the first data worker."""
+        local = [url for url in self.shard_urls() if "://" not in url and not url.startswith("pipe:")]
+        if local and len(local) == len(self.shard_urls()) and not any(Path(url).is_file() for url in local):
+            raise DataError(f"source {self.name!r}: none of its {len(local)} shard file(s) exists (first: {local[0]})")
 
     def shard_sizes(self) -> dict[str, int] | None:
         """Samples per shard URL when every pattern is a shard index (None: unknown without reading)."""
@@ -154,6 +162,13 @@ class SourceHealth:
         return count
 
 
+def describe_error(err: BaseException) -> str:
+    """`Type: message` on one line; OS errors by their text ("No such file or directory"), not their errno."""
+    if isinstance(err, OSError) and err.strerror:
+        return f"{type(err).__name__}: {err.strerror}"
+    return f"{type(err).__name__}: {err.args[0] if err.args else err}"
+
+
 def raw_records(shards: list[str], stride: int, offset: int, health: SourceHealth) -> Iterator[dict]:
     """Raw webdataset records of `shards`, keeping every `stride`-th from `offset`.
 
@@ -165,7 +180,7 @@ def raw_records(shards: list[str], stride: int, offset: int, health: SourceHealt
 
         def on_error(err: Exception) -> bool:
             if not failed:
-                health.record_bad(f"shard {url}: {type(err).__name__}: {err.args[0] if err.args else err}")
+                health.record_bad(f"shard {url}: {describe_error(err)}")
             failed.append(err)
             return True
 
