@@ -151,7 +151,8 @@ def test_unreadable_training_data_is_one_error_line(tmp_path, capsys, workers):
     shard.write_bytes(np.random.default_rng(0).bytes(20_000))
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump({
-        "trainer": {"logger": False, "max_steps": 1, "enable_progress_bar": False, "enable_checkpointing": False},
+        "trainer": {"logger": False, "max_steps": 1, "enable_progress_bar": False, "enable_checkpointing": False,
+                    "default_root_dir": str(tmp_path)},
         "model": {"preset": "tiny", "network": {"vit_img_size": 128}},
         "data": {"train_sources": [{"name": "x", "urls": str(shard)}], "image_size": 512, "num_workers": workers},
     }))
@@ -163,7 +164,7 @@ def test_unreadable_training_data_is_one_error_line(tmp_path, capsys, workers):
 def test_a_source_without_any_existing_shard_fails_at_setup_naming_it(tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump({
-        "trainer": {"logger": False, "max_steps": 1},
+        "trainer": {"logger": False, "max_steps": 1, "default_root_dir": str(tmp_path)},
         "model": {"preset": "tiny"},
         "data": {"train_sources": [{"name": "x", "urls": str(tmp_path / "typo-{000..002}.tar")}]},
     }))

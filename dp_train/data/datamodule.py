@@ -38,8 +38,18 @@ def worker_context(method: str | None) -> BaseContext | None:
 
 
 def single_threaded_worker(worker_id: int) -> None:
-    """Keep OpenCV to one thread per dataloader worker (it would otherwise start one per core in each)."""
-    cv2.setNumThreads(1)
+    """Keep OpenCV to one thread per dataloader worker (a fresh process would start one per core). A forked
+    worker already runs single-threaded (`stop_opencv_threads`) and is left alone."""
+    if cv2.getNumThreads() != 1:
+        cv2.setNumThreads(1)
+
+
+def stop_opencv_threads() -> None:
+    """Run OpenCV without its thread pool in the process that starts dataloader workers. A worker forked
+    while a pool thread holds the pool's lock inherits the lock held and waits forever at its first OpenCV
+    call (seen in CI: a forked worker stuck in `cv2.setNumThreads`). Only the loading process is affected:
+    with workers, it does little image work."""
+    cv2.setNumThreads(0)
 
 
 class EpochLoader(DataLoader):
@@ -158,6 +168,8 @@ class DepthDataModule(L.LightningDataModule):
 
     def _loader(self, stream, position_fn: Callable[[], tuple[int, int]] | None = None) -> EpochLoader:
         workers = self.num_workers
+        if workers > 0:
+            stop_opencv_threads()
         return EpochLoader(
             stream,
             position_fn=position_fn,
