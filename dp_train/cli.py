@@ -11,12 +11,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import pickle
 import sys
 from pathlib import Path
 from typing import NoReturn
 
-import torch
 
 from jsonargparse import ActionConfigFile, lazy_instance
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -29,7 +27,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from dp_train.data.schema import ShardIndexError
 from dp_train.data.stream import DataError
 from dp_train.model.config import DepthProConfig
-from dp_train.resume import AtomicCheckpointIO, CheckpointError
+from dp_train.resume import AtomicCheckpointIO, CheckpointError, checkpoint_hparams
 from dp_train.slurm import Preempted, PreemptionCheckpoint, use_stable_wandb_run
 
 LIGHTNING_COMMANDS: dict[str, str] = {
@@ -159,34 +157,6 @@ def refuse_weight_averaging_under_fsdp(trainer: Trainer) -> None:
             if isinstance(callback, WeightAveraging):
                 raise RecipeError(f"{type(callback).__name__} (trainer.callbacks) cannot run under FSDP "
                                   "(ModelParallelStrategy): it deep-copies the sharded model; remove it or use DDP")
-
-
-def checkpoint_hparams(path: str) -> dict:
-    """The `hyper_parameters` of a Lightning checkpoint file, read memory-mapped (the tensors are not read).
-
-    Raises CheckpointError (one line, naming the file) for an unreadable file and for network weights
-    without training state (Apple's `depth_pro.pt`, an export), which belong in `--weights`."""
-    try:
-        checkpoint = _load_mapped(path)
-    except pickle.UnpicklingError:  # torch's message suggests weights_only=False: not for a file we cannot read
-        raise CheckpointError(f"{path}: not a torch checkpoint file (or it holds more than tensors and plain "
-                              "data)") from None
-    except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): "
-                              f"{type(err).__name__}: {str(err).splitlines()[0]}") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise CheckpointError(f"{path}: network weights, not a training checkpoint: pass them as --weights")
-    return dict(checkpoint.get("hyper_parameters") or {})
-
-
-def _load_mapped(path: str) -> object:
-    """torch.load, memory-mapped where the file's format allows it (torch's zip format; legacy files are read)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as err:
-        if "mmap" not in str(err):
-            raise
-        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def separate_sweep_checkpoints(trainer) -> None:

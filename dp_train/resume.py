@@ -19,6 +19,7 @@ writes them from rank 0 only and non-atomically. This module adds:
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import shutil
 from dataclasses import dataclass, field
@@ -129,8 +130,41 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         try:
             return super().load_checkpoint(path, *args, **kwargs)
         except Exception as err:  # noqa: BLE001 - any unpickling/zip failure means an unusable file
-            raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): "
-                                  f"{type(err).__name__}: {str(err).splitlines()[0]}") from None
+            raise unreadable_checkpoint(path, err) from None
+
+
+def unreadable_checkpoint(path: str | Path, err: Exception) -> CheckpointError:
+    """The one-line error for a checkpoint file that cannot be read, with the reader's first line."""
+    first_line = str(err).splitlines()[0] if str(err) else ""
+    return CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {type(err).__name__}: "
+                           f"{first_line}")
+
+
+def checkpoint_hparams(path: str | Path) -> dict:
+    """The `hyper_parameters` of a Lightning checkpoint file, read memory-mapped (the tensors are not read).
+
+    Raises CheckpointError (one line, naming the file) for an unreadable file and for network weights
+    without training state (Apple's `depth_pro.pt`, an export), which belong in `--weights`."""
+    try:
+        checkpoint = _load_mapped(path)
+    except pickle.UnpicklingError:  # torch's message suggests weights_only=False: not for a file we cannot read
+        raise CheckpointError(f"{path}: not a torch checkpoint file (or it holds more than tensors and plain "
+                              "data)") from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise unreadable_checkpoint(path, err) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path}: network weights, not a training checkpoint: pass them as --weights")
+    return dict(checkpoint.get("hyper_parameters") or {})
+
+
+def _load_mapped(path: str | Path) -> object:
+    """torch.load, memory-mapped where the file's format allows it (torch's zip format; legacy files are read)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as err:
+        if "mmap" not in str(err):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 class AtomicModelParallelStrategy(ModelParallelStrategy):

@@ -70,8 +70,9 @@ class SourceConfig:
     def check_local_shards(self) -> None:
         """Raise DataError when none of the source's shards exists (local paths only: URLs and `pipe:` commands
         are opened by webdataset), so a typo in `urls` stops the run at setup, not in the first data worker."""
-        local = [url for url in self.shard_urls() if "://" not in url and not url.startswith("pipe:")]
-        if local and len(local) == len(self.shard_urls()) and not any(Path(url).is_file() for url in local):
+        urls = self.shard_urls()
+        local = [url for url in urls if "://" not in url and not url.startswith("pipe:")]
+        if local and len(local) == len(urls) and not any(Path(url).is_file() for url in local):
             raise DataError(f"source {self.name!r}: none of its {len(local)} shard file(s) exists (first: {local[0]})")
 
     def shard_sizes(self) -> dict[str, int] | None:
