@@ -28,7 +28,7 @@ from dp_train.data.schema import ShardIndexError
 from dp_train.data.stream import DataError
 from dp_train.model.config import DepthProConfig
 from dp_train.resume import AtomicCheckpointIO, CheckpointError, checkpoint_hparams
-from dp_train.slurm import Preempted, PreemptionCheckpoint, use_stable_wandb_run
+from dp_train.slurm import SIGNALS, Preempted, PreemptionCheckpoint, start_wandb_service, use_stable_wandb_run
 
 LIGHTNING_COMMANDS: dict[str, str] = {
     "fit": "train from a recipe (--recipe FILE.yaml, repeatable; dotted overrides)",
@@ -129,9 +129,10 @@ class DepthProCLI(LightningCLI):
             self.trainer.validate(self.model, datamodule=self.datamodule)
 
     def before_fit(self) -> None:
-        """Under `wandb agent`, a checkpoint folder per trial; validation of the starting weights (with
-        --report_validation)."""
+        """Under `wandb agent`, a checkpoint folder per trial; the wandb service started safe from the
+        scheduler's signals; validation of the starting weights (with --report_validation)."""
         separate_sweep_checkpoints(self.trainer)
+        start_wandb_service(self.trainer)
         self._report()
 
     def after_fit(self) -> None:
@@ -175,6 +176,8 @@ def run_lightning(argv: list[str]) -> int:
     from dp_train.data.datamodule import DepthDataModule
     from dp_train.module import DepthProModule
 
+    if argv[0] == "fit":
+        SIGNALS.install()  # from now on SIGUSR1/SIGTERM are recorded and acted on at the first step
     use_stable_wandb_run()
     try:
         DepthProCLI(
@@ -191,6 +194,9 @@ def run_lightning(argv: list[str]) -> int:
         return 1
     except Preempted as stop:
         sys.stderr.write(f"{stop}; resume with --ckpt_path last\n")
+    finally:
+        if not SIGNALS.closed:  # after a preemption save the process keeps ignoring them until it exits
+            SIGNALS.uninstall()
     return 0
 
 

@@ -7,6 +7,12 @@ SIGUSR1 handler saves the checkpoint *inside* the signal handler (flaky: the sig
 may land in the middle of a collective or of the optimizer step) and its SIGTERM
 handling stops without saving. `PreemptionCheckpoint` replaces both with a flag that
 is checked, on every rank together, at the next step boundary.
+
+A scheduler signals every process of a job step, not only the training processes: dataloader workers,
+their fork server, multiprocessing's resource tracker and the wandb service get SIGUSR1/SIGTERM too, and by
+default die of it (torch then stops the rank with "DataLoader worker exited unexpectedly"). dp_train starts
+those helpers with both signals blocked (`scheduler_signals_blocked`); they inherit the mask, so only the
+training process acts on the signals.
 """
 
 from __future__ import annotations
@@ -16,6 +22,9 @@ import os
 import re
 import signal
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from multiprocessing import resource_tracker
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +33,37 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 log = logging.getLogger(__name__)
+
+SCHEDULER_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+"""What SLURM sends before a time limit (`--signal=SIGUSR1@N`) and on preemption, `scancel` or requeue."""
+
+
+@contextmanager
+def scheduler_signals_blocked() -> Iterator[None]:
+    """Block SIGUSR1/SIGTERM in this thread while helper processes are started inside the block: a child
+    inherits the signal mask (across fork and exec), so the scheduler's signals stay pending in it for good
+    instead of killing it. Signals that reach this process meanwhile are delivered when the block ends.
+    Multiprocessing's resource tracker is started here too, so that it inherits the mask."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, SCHEDULER_SIGNALS)
+    try:
+        resource_tracker.ensure_running()  # unblocks SIGINT/SIGTERM when it starts the tracker: block again
+        signal.pthread_sigmask(signal.SIG_BLOCK, SCHEDULER_SIGNALS)
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def start_wandb_service(trainer: L.Trainer) -> None:
+    """Start the wandb service of rank 0 (which `wandb.init` would start later) with the scheduler's signals
+    blocked, so that it outlives a SIGUSR1/SIGTERM and the run's last logs are not lost. A no-op without a
+    WandbLogger, on other ranks and with WANDB_MODE=disabled."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    if trainer.is_global_zero and any(isinstance(logger, WandbLogger) for logger in trainer.loggers):
+        import wandb
+
+        with scheduler_signals_blocked():
+            wandb.setup()
 
 
 def slurm_job_id() -> str | None:
@@ -50,40 +90,107 @@ class Preempted(Exception):
     the command line reports it and exits with status 0."""
 
 
+class SignalRecord:
+    """The scheduler signal (SIGUSR1/SIGTERM) this process received, kept by a handler that does nothing
+    else; `PreemptionCheckpoint` acts on it at the next step boundary.
+
+    `fit` installs it first thing (`SIGNALS.install()` in the command line), before the network, the data
+    and a checkpoint are loaded, which can take minutes: a signal that arrives meanwhile is acted on at the
+    first step instead of killing the process. Once closed (the preemption checkpoint is saved), later
+    signals are ignored: a requeue makes the scheduler cancel the job at once (SIGTERM to every process),
+    which must not interrupt the clean exit.
+    """
+
+    def __init__(self) -> None:
+        self.received: signal.Signals | None = None
+        self.closed = False
+        self._previous: dict[signal.Signals, Any] = {}
+
+    @property
+    def installed(self) -> bool:
+        return bool(self._previous)
+
+    def install(self) -> None:
+        """Take SIGUSR1/SIGTERM from whoever handles them now (kept to hand them back in `uninstall`)."""
+        if not self.installed:
+            self.received, self.closed = None, False
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in SCHEDULER_SIGNALS}
+
+    def take_back(self) -> None:
+        """Handle the signals again after someone else (Lightning) installed handlers over ours."""
+        if self.installed:
+            for signum in SCHEDULER_SIGNALS:
+                signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if not self.closed:
+            self.received = signal.Signals(signum)
+
+    def close(self) -> None:
+        """Ignore every signal from now on (the process is on its way out)."""
+        self.closed = True
+
+    def uninstall(self) -> None:
+        """After training: SIGTERM goes back to its previous handler (a SIGTERM received meanwhile is delivered
+        to it again); SIGUSR1, "save, the time limit is near", is ignored from now on: there is nothing left
+        to save, and by default it would kill a process that is finishing a completed run."""
+        previous, self._previous = self._previous, {}
+        if not previous:
+            return
+        signal.signal(signal.SIGTERM, previous[signal.SIGTERM])
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        received, self.received = self.received, None
+        if received == signal.SIGTERM and not self.closed:
+            signal.raise_signal(received)
+
+
+SIGNALS = SignalRecord()
+"""This process's record of the scheduler's signals."""
+
+
 class PreemptionCheckpoint(L.Callback):
     """On SIGUSR1 (`#SBATCH --signal=SIGUSR1@90`: the time limit is near) or SIGTERM (preemption, `scancel`),
     save `last.ckpt` at the next step boundary, requeue the job on SIGUSR1 (`scontrol requeue`), and stop
     (raising `Preempted`).
 
-    The handler only records the signal. After every training step the ranks agree (one all-reduce of a
-    flag) whether any of them received one, so all save the same step and stop together; a requeued job
-    started with `--ckpt_path last` continues from that checkpoint.
+    The signal handler only records the signal (`SIGNALS`). After every training step the ranks agree (one
+    all-reduce of a flag) whether any of them received one, so all save the same step and stop together; a
+    requeued job started with `--ckpt_path last` continues from that checkpoint.
+
+    Lightning's own handlers are kept out: its SIGTERM handler runs a collective inside the signal handler
+    (it fails once another rank has exited) and its SIGUSR1 handler saves inside the signal handler. Ours is
+    installed before Lightning installs its own (Lightning then leaves SIGUSR1 alone and restores ours when
+    it tears down) and put back in front of Lightning's SIGTERM handler when the loops start.
 
     Args:
         requeue: run `scontrol requeue <job id>` after saving on SIGUSR1 (only inside a SLURM job).
     """
 
-    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
-
     def __init__(self, requeue: bool = True) -> None:
         self.requeue = requeue
-        self.received: signal.Signals | None = None
-        self._previous: dict[signal.Signals, Any] = {}
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Install the flag-setting handlers (after Lightning's own, which they replace for training)."""
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Take SIGUSR1/SIGTERM for `fit` when there is a checkpoint to save into, else give them back."""
+        if stage != "fit":
+            return
         if last_checkpoint_callback(trainer) is None:
             log.warning("no ModelCheckpoint with a dirpath: SIGUSR1/SIGTERM will stop training without saving")
+            SIGNALS.uninstall()
             return
-        for signum in self.SIGNALS:
-            self._previous[signum] = signal.signal(signum, self._record)
+        SIGNALS.install()
 
-    def _record(self, signum: int, frame: Any) -> None:
-        self.received = signal.Signals(signum)
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Replace the SIGTERM handler Lightning installed after `setup`."""
+        SIGNALS.take_back()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Replace the SIGTERM handler Lightning installed after `setup` (when no sanity check ran)."""
+        SIGNALS.take_back()
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         """Save, requeue and stop when any rank received a signal during this step."""
-        if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
+        received = SIGNALS.received
+        if not trainer.strategy.reduce_boolean_decision(received is not None, all=False):
             return
         checkpoint = last_checkpoint_callback(trainer)
         path = str(Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}")
@@ -91,21 +198,18 @@ class PreemptionCheckpoint(L.Callback):
         # ModelCheckpoint saves another one at train end, after closing the epoch, that `last` would resume.
         checkpoint.last_model_path = checkpoint._last_checkpoint_saved = path
         trainer.save_checkpoint(path)
-        name = self.received.name if self.received is not None else "a signal on another rank"
+        SIGNALS.close()
+        name = received.name if received is not None else "a signal on another rank"
         log.warning("received %s: saved %s at step %d, stopping", name, path, trainer.global_step)
-        if trainer.is_global_zero and self.requeue and self.received == signal.SIGUSR1:
+        if trainer.is_global_zero and self.requeue and received == signal.SIGUSR1:
             requeue_job()
-        self._restore_handlers()
         raise Preempted(f"stopped by {name} after saving {path} at step {trainer.global_step}")
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Give the signals back to whoever handled them before training."""
-        self._restore_handlers()
-
-    def _restore_handlers(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """After a `fit` that ended normally, give the signals back to whoever handled them before. (A
+        preempted fit never gets here: its process keeps ignoring them until it exits.)"""
+        if stage == "fit":
+            SIGNALS.uninstall()
 
 
 def last_checkpoint_callback(trainer: L.Trainer) -> ModelCheckpoint | None:

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from dp_train.data.augment import AugmentConfig, EvalTransform, TrainTransform
 from dp_train.data.stream import SourceConfig, TrainStream, ValStream, normalize_images
 from dp_train.resume import TrainPosition, gather_per_rank, own_entry
+from dp_train.slurm import scheduler_signals_blocked
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ class EpochLoader(DataLoader):
     a mid-epoch resume the stream continues at the right global batch index, so
     the curriculum's mixture schedule stays aligned with the optimizer steps.
     Without it, each iteration starts the next epoch from its first batch.
+    Workers (and their fork server) start with the scheduler's signals blocked: SLURM signals every
+    process of the job, and only the training process may act on them.
     """
 
     def __init__(self, dataset, position_fn: Callable[[], tuple[int, int]] | None = None, **kwargs) -> None:
@@ -72,7 +75,10 @@ class EpochLoader(DataLoader):
         else:
             self.dataset.epoch, self.dataset.start_batch = self._next_epoch, 0
             self._next_epoch += 1
-        return super().__iter__()
+        if self.num_workers == 0:
+            return super().__iter__()
+        with scheduler_signals_blocked():
+            return super().__iter__()
 
 
 class DepthDataModule(L.LightningDataModule):
