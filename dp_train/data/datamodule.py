@@ -191,9 +191,17 @@ class DepthDataModule(L.LightningDataModule):
 
     def _train_start(self) -> tuple[int, int]:
         """(epoch, batches of it already trained) from the trainer; on a resume, also tells the
-        stream how many raw records each worker already consumed, so it continues exactly."""
+        stream how many raw records each worker already consumed, so it continues exactly.
+
+        A checkpoint saved after an epoch's last batch resumes at the next epoch's first batch.
+        Lightning creates the iterator before it moves its own counters on to that epoch, so here it
+        still reports the finished epoch; continuing "after its last batch" would yield nothing, and
+        Lightning would count that empty pass as one more epoch (a whole epoch of data skipped, and
+        every later epoch's shuffles and mixture draws taken from the wrong epoch)."""
         trainer = self.trainer
         epoch, done = trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        if done >= self.train_stream.batches_per_epoch:
+            epoch, done = epoch + 1, 0
         workers = max(1, self.num_workers)
         if done and self.train_position.workers not in (0, workers):
             log.warning("resuming with %d dataloader workers instead of %d: this epoch's data is redrawn, "
