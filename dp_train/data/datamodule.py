@@ -11,11 +11,12 @@ from typing import Any
 
 import cv2
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from dp_train.data.augment import AugmentConfig, EvalTransform, TrainTransform
-from dp_train.data.stream import SourceConfig, TrainStream, ValStream, normalize_images
-from dp_train.resume import TrainPosition, gather_per_rank, own_entry
+from dp_train.data.stream import SourceConfig, TrainStream, ValStream, normalize_images, sample_seed
+from dp_train.resume import TrainPosition, gather_per_rank, own_entry, setting_changes
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +60,15 @@ class EpochLoader(DataLoader):
     a mid-epoch resume the stream continues at the right global batch index, so
     the curriculum's mixture schedule stays aligned with the optimizer steps.
     Without it, each iteration starts the next epoch from its first batch.
+
+    Each iteration draws its workers' base seed from a generator of its own, seeded by (data seed,
+    epoch, rank), not from torch's global RNG: the RNG state a checkpoint holds then does not depend
+    on whether the next epoch's workers were started before it was saved (an uninterrupted run starts
+    them after the epoch-end checkpoint, a resumed run before restoring the RNG), nor on validation.
     """
 
     def __init__(self, dataset, position_fn: Callable[[], tuple[int, int]] | None = None, **kwargs) -> None:
-        super().__init__(dataset, batch_size=None, **kwargs)
+        super().__init__(dataset, batch_size=None, generator=torch.Generator(), **kwargs)
         self._position_fn = position_fn
         self._next_epoch = 0
 
@@ -72,6 +78,7 @@ class EpochLoader(DataLoader):
         else:
             self.dataset.epoch, self.dataset.start_batch = self._next_epoch, 0
             self._next_epoch += 1
+        self.generator.manual_seed(sample_seed(self.dataset.seed, self.dataset.epoch, self.dataset.rank))
         return super().__iter__()
 
 
@@ -131,6 +138,8 @@ class DepthDataModule(L.LightningDataModule):
         self.max_bad_fraction = max_bad_fraction
         self.pin_memory = pin_memory
         self.train_position = TrainPosition()
+        self._resumed_settings: dict[str, Any] = {}
+        """The checkpoint's `_stream_settings` (empty: not resumed, or a checkpoint without them)."""
         self.train_stream: TrainStream | None = None
         self.val_stream: ValStream | None = None
         self.test_stream: ValStream | None = None
@@ -202,13 +211,27 @@ class DepthDataModule(L.LightningDataModule):
         epoch, done = trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.ready
         if done >= self.train_stream.batches_per_epoch:
             epoch, done = epoch + 1, 0
-        workers = max(1, self.num_workers)
-        if done and self.train_position.workers not in (0, workers):
-            log.warning("resuming with %d dataloader workers instead of %d: this epoch's data is redrawn, "
-                        "not continued exactly", workers, self.train_position.workers)
+        changes = self._stream_changes() if done else []
+        if changes:
+            log.warning("resuming mid-epoch with %s: the rest of epoch %d is drawn anew, not continued exactly "
+                        "(some of its samples may repeat)", "; ".join(changes), epoch)
             self.train_position = TrainPosition()
         self.train_stream.resume_records = self.train_position.skips_for(epoch) if done else {}
         return epoch, done
+
+    def _stream_settings(self) -> dict[str, Any]:
+        """The settings that decide which raw records the train stream reads in which order (the position
+        a checkpoint holds is only meaningful under the same ones)."""
+        return {"data.batch_size": self.batch_size, "data.samples_per_epoch": self.samples_per_epoch,
+                "data.seed": self.seed, "data.shuffle_buffer": self.shuffle_buffer,
+                "data.train_sources": [dataclasses.asdict(source) for source in self.train_sources]}
+
+    def _stream_changes(self) -> list[str]:
+        """How this run's stream settings and dataloader workers differ from the checkpoint's (empty: the
+        stream continues exactly)."""
+        workers, recorded = max(1, self.num_workers), self.train_position.workers
+        changes = [f"data.num_workers {self.num_workers} (checkpoint: {recorded})"] if recorded not in (0, workers) else []
+        return changes + setting_changes(self._resumed_settings, self._stream_settings())
 
     def val_dataloader(self) -> EpochLoader | list:
         """Every validation sample exactly once across ranks and workers (empty without val sources)."""
@@ -229,7 +252,8 @@ class DepthDataModule(L.LightningDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         """Every rank's train-stream position (a collective: Lightning calls it on all ranks)."""
-        return {"train_position": gather_per_rank(dataclasses.asdict(self.train_position))}
+        return {"train_position": gather_per_rank(dataclasses.asdict(self.train_position)),
+                "train_settings": self._stream_settings()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Take this rank's stream position from a checkpoint."""
@@ -237,6 +261,7 @@ class DepthDataModule(L.LightningDataModule):
             entry = own_entry(state["train_position"], "data-stream position")
             records = {int(worker): list(counts) for worker, counts in entry["records"].items()}
             self.train_position = TrainPosition(entry["epoch"], entry["workers"], records)
+        self._resumed_settings = state.get("train_settings", {})
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """Normalise uint8 images to [-1, 1] on the device."""
