@@ -102,7 +102,11 @@ def step_done(run: Path, step: int) -> Callable[[], bool]:
 def saving(run: Path, step: int) -> Callable[[], bool]:
     """The moment a checkpoint is being written after step `step`, or step `step` + 1 ends (when the
     write was too quick to be seen)."""
-    return lambda: (step_done(run, step)() and any((run / "ckpt").glob(".last.ckpt.*.tmp"))) or step_done(run, step + 1)()
+    def moment() -> bool:
+        writing = any((run / "ckpt").glob(".last.ckpt.*.tmp"))
+        return (writing and step_done(run, step)()) or step_done(run, step + 1)()
+
+    return moment
 
 
 KILLS: list[tuple[str, Callable[[Path, int], Callable[[], bool]], int, set[int]]] = [
@@ -181,9 +185,9 @@ def resumed_datamodule(shards: Path, epoch: int, done: int, checkpoint: dict | N
                        **settings: Any) -> DepthDataModule:
     """A datamodule of a run resumed from `checkpoint` (its datamodule state), whose trainer is in `epoch` with
     `done` of its batches trained (what Lightning reports when it creates the train iterator)."""
-    dm = DepthDataModule(train_sources=[SourceConfig("a", str(shards))], **({
-        "image_size": 64, "batch_size": 1, "samples_per_epoch": EPOCH, "num_workers": 0, "pin_memory": False,
-        "shuffle_buffer": 4} | settings))
+    dm = DepthDataModule(**({
+        "train_sources": [SourceConfig("a", str(shards))], "image_size": 64, "batch_size": 1,
+        "samples_per_epoch": EPOCH, "num_workers": 0, "pin_memory": False, "shuffle_buffer": 4} | settings))
     progress = SimpleNamespace(current=SimpleNamespace(ready=done))
     dm.trainer = SimpleNamespace(current_epoch=epoch, global_rank=0, world_size=1,
                                  fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)))
@@ -202,7 +206,7 @@ def test_a_resume_after_an_epochs_last_batch_starts_the_next_epoch(shards):
 
 
 def mid_epoch_checkpoint(shards: Path, **settings: Any) -> dict:
-    """The datamodule state of a run with `settings` after two batches of epoch 0 from one loader."""
+    """The datamodule state of a run with `settings` that trained two records of epoch 0."""
     state = resumed_datamodule(shards, epoch=0, done=0, **settings).state_dict()
     state["train_position"][0] |= {"workers": max(1, settings.get("num_workers", 0)), "records": {0: [2]}}
     return state
@@ -229,6 +233,18 @@ def test_a_resume_says_in_one_line_when_the_stream_cannot_continue_exactly(shard
         assert lines[0] == (f"resuming mid-epoch with {message}: the rest of epoch 0 is drawn anew, not continued "
                             "exactly (some of its samples may repeat)")
         assert dm.train_stream.resume_records == {}
+
+
+@pytest.mark.parametrize(("change", "message"), [("copied", None), ("reweighted", "other data.train_sources")])
+def test_shards_count_by_file_name_and_sources_by_weight(shards, tmp_path, caplog, change, message):
+    """Shards copied to another folder (node-local scratch) continue exactly; a changed weight is named."""
+    source = (SourceConfig("a", str(shutil.copytree(shards.parent, tmp_path / "scratch") / shards.name))
+              if change == "copied" else SourceConfig("a", str(shards), weight=2.0))
+    with caplog.at_level(logging.WARNING, logger="dp_train.data.datamodule"):
+        checkpoint = mid_epoch_checkpoint(shards)
+        dm = resumed_datamodule(shards, epoch=0, done=2, checkpoint=checkpoint, train_sources=[source])
+        dm.train_dataloader().__iter__()
+    assert [message in r.getMessage() for r in caplog.records] == ([] if message is None else [True])
 
 
 def test_a_checkpoint_from_another_number_of_processes_is_refused_in_one_line(shards):

@@ -7,6 +7,7 @@ import logging
 import multiprocessing
 from collections.abc import Callable, Iterator
 from multiprocessing.context import BaseContext
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -221,17 +222,21 @@ class DepthDataModule(L.LightningDataModule):
 
     def _stream_settings(self) -> dict[str, Any]:
         """The settings that decide which raw records the train stream reads in which order (the position
-        a checkpoint holds is only meaningful under the same ones)."""
+        a checkpoint holds is only meaningful under the same ones). Shards count by file name: a job that
+        copies them to another folder (node-local scratch) still continues exactly."""
+        sources = [dataclasses.asdict(source) | {"urls": [Path(url).name for url in source.shard_urls()]}
+                   for source in self.train_sources]
         return {"data.batch_size": self.batch_size, "data.samples_per_epoch": self.samples_per_epoch,
-                "data.seed": self.seed, "data.shuffle_buffer": self.shuffle_buffer,
-                "data.train_sources": [dataclasses.asdict(source) for source in self.train_sources]}
+                "data.seed": self.seed, "data.shuffle_buffer": self.shuffle_buffer, "data.train_sources": sources}
 
     def _stream_changes(self) -> list[str]:
         """How this run's stream settings and dataloader workers differ from the checkpoint's (empty: the
         stream continues exactly)."""
-        workers, recorded = max(1, self.num_workers), self.train_position.workers
-        changes = [f"data.num_workers {self.num_workers} (checkpoint: {recorded})"] if recorded not in (0, workers) else []
-        return changes + setting_changes(self._resumed_settings, self._stream_settings())
+        recorded = self.train_position.workers
+        changes = setting_changes(self._resumed_settings, self._stream_settings())
+        if recorded not in (0, max(1, self.num_workers)):
+            changes.insert(0, f"data.num_workers {self.num_workers} (checkpoint: {recorded})")
+        return changes
 
     def val_dataloader(self) -> EpochLoader | list:
         """Every validation sample exactly once across ranks and workers (empty without val sources)."""
