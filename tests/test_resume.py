@@ -181,16 +181,18 @@ def test_a_run_killed_at_any_moment_resumes_exactly(tmp_path, shards, uninterrup
     assert_same_states(final_state(tmp_path), uninterrupted(devices), "; ".join(history))
 
 
-def resumed_datamodule(shards: Path, epoch: int, done: int, checkpoint: dict | None = None,
+def resumed_datamodule(shards: Path, epoch: int, done: int, checkpoint: dict | None = None, closed: bool = False,
                        **settings: Any) -> DepthDataModule:
     """A datamodule of a run resumed from `checkpoint` (its datamodule state), whose trainer is in `epoch` with
-    `done` of its batches trained (what Lightning reports when it creates the train iterator)."""
+    `done` of its batches trained and the epoch `closed` or not (what Lightning reports when it creates the train
+    iterator)."""
     dm = DepthDataModule(**({
         "train_sources": [SourceConfig("a", str(shards))], "image_size": 64, "batch_size": 1,
         "samples_per_epoch": EPOCH, "num_workers": 0, "pin_memory": False, "shuffle_buffer": 4} | settings))
-    progress = SimpleNamespace(current=SimpleNamespace(ready=done))
-    dm.trainer = SimpleNamespace(current_epoch=epoch, global_rank=0, world_size=1,
-                                 fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)))
+    batches = SimpleNamespace(current=SimpleNamespace(ready=done))
+    epochs = SimpleNamespace(current=SimpleNamespace(processed=epoch + closed, completed=epoch))
+    dm.trainer = SimpleNamespace(current_epoch=epoch, global_rank=0, world_size=1, fit_loop=SimpleNamespace(
+        epoch_progress=epochs, epoch_loop=SimpleNamespace(batch_progress=batches)))
     if checkpoint is not None:
         dm.load_state_dict(checkpoint)
     dm.setup("fit")
@@ -203,6 +205,13 @@ def test_a_resume_after_an_epochs_last_batch_starts_the_next_epoch(shards):
     first = next(iter(resumed_datamodule(shards, epoch=0, done=EPOCH).train_dataloader()))
     expected = next(iter(resumed_datamodule(shards, epoch=1, done=0).train_dataloader()))
     assert (first["key"], int(first["batch_index"])) == (expected["key"], 0)
+
+
+def test_a_resume_after_an_epoch_was_closed_lets_lightning_start_the_next_one(shards):
+    """From a checkpoint saved at an epoch's end (`on_train_epoch_end`) Lightning first asks the finished epoch's
+    iterator for more, then starts the next epoch with a new one: the first must be empty (a batch from it
+    would be trained twice)."""
+    assert list(resumed_datamodule(shards, epoch=0, done=EPOCH, closed=True).train_dataloader()) == []
 
 
 def mid_epoch_checkpoint(shards: Path, **settings: Any) -> dict:

@@ -203,14 +203,18 @@ class DepthDataModule(L.LightningDataModule):
         """(epoch, batches of it already trained) from the trainer; on a resume, also tells the
         stream how many raw records each worker already consumed, so it continues exactly.
 
-        A checkpoint saved after an epoch's last batch resumes at the next epoch's first batch.
-        Lightning creates the iterator before it moves its own counters on to that epoch, so here it
-        still reports the finished epoch; continuing "after its last batch" would yield nothing, and
-        Lightning would count that empty pass as one more epoch (a whole epoch of data skipped, and
-        every later epoch's shuffles and mixture draws taken from the wrong epoch)."""
+        Lightning creates the iterator of a resumed run before it settles its own counters. A
+        checkpoint saved after an epoch's last batch (a step checkpoint, a preemption save) still
+        reports the finished epoch here, but Lightning then moves on to the next epoch and takes its
+        batches from this iterator: it must start that epoch (continuing "after the last batch" would
+        yield nothing, and Lightning would count the empty pass as one more epoch, skipping a whole
+        epoch of data). A checkpoint saved once the epoch was closed (`on_train_epoch_end`) reports
+        it too, but there Lightning first finishes that epoch with this iterator, then starts a new
+        one: it must be empty."""
         trainer = self.trainer
         epoch, done = trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.ready
-        if done >= self.train_stream.batches_per_epoch:
+        closing = trainer.fit_loop.epoch_progress.current
+        if done >= self.train_stream.batches_per_epoch and closing.processed == closing.completed:
             epoch, done = epoch + 1, 0
         changes = self._stream_changes() if done else []
         if changes:
