@@ -213,8 +213,8 @@ class DepthDataModule(L.LightningDataModule):
         one: it must be empty."""
         trainer = self.trainer
         epoch, done = trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.ready
-        closing = trainer.fit_loop.epoch_progress.current
-        if done >= self.train_stream.batches_per_epoch and closing.processed == closing.completed:
+        epochs = trainer.fit_loop.epoch_progress.current  # processed > completed: closed, not yet counted
+        if done >= self.train_stream.batches_per_epoch and epochs.processed == epochs.completed:
             epoch, done = epoch + 1, 0
         changes = self._stream_changes() if done else []
         if changes:
