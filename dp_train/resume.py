@@ -8,6 +8,8 @@ writes them from rank 0 only and non-atomically. This module adds:
 - `TrainPosition`: raw records each dataloader worker consumed per source in the
   current epoch — with the deterministic per-batch mixture draws this is the
   complete position of the training stream, bad records included;
+- `setting_changes`: the settings a run changed since its checkpoint, for the one-line warning
+  when a position cannot be continued exactly;
 - RNG capture/restore for torch (CPU and CUDA), numpy and Python;
 - `AtomicCheckpointIO`: checkpoints written to a temporary file and renamed, so a
   kill while saving never leaves a truncated `last.ckpt`, and a corrupt or
@@ -102,6 +104,17 @@ class TrainPosition:
     def skips_for(self, epoch: int) -> dict[int, list[int]]:
         """Records each worker passes over when the stream restarts in `epoch` (none in another epoch)."""
         return {w: list(c) for w, c in self.records.items()} if epoch == self.epoch else {}
+
+
+def setting_changes(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """`key value (checkpoint: value)` for each setting a checkpoint recorded that this run changed (lists
+    and dicts, e.g. data sources, are named only)."""
+    changes = []
+    for key, value in current.items():
+        if key in recorded and recorded[key] != value:
+            plain = not isinstance(value, (list, dict))
+            changes.append(f"{key} {value} (checkpoint: {recorded[key]})" if plain else f"other {key}")
+    return changes
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -7,15 +7,17 @@ import logging
 import multiprocessing
 from collections.abc import Callable, Iterator
 from multiprocessing.context import BaseContext
+from pathlib import Path
 from typing import Any
 
 import cv2
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from dp_train.data.augment import AugmentConfig, EvalTransform, TrainTransform
-from dp_train.data.stream import SourceConfig, TrainStream, ValStream, normalize_images
-from dp_train.resume import TrainPosition, gather_per_rank, own_entry
+from dp_train.data.stream import SourceConfig, TrainStream, ValStream, normalize_images, sample_seed
+from dp_train.resume import TrainPosition, gather_per_rank, own_entry, setting_changes
 from dp_train.slurm import scheduler_signals_blocked
 
 log = logging.getLogger(__name__)
@@ -60,12 +62,17 @@ class EpochLoader(DataLoader):
     a mid-epoch resume the stream continues at the right global batch index, so
     the curriculum's mixture schedule stays aligned with the optimizer steps.
     Without it, each iteration starts the next epoch from its first batch.
+
+    Each iteration draws its workers' base seed from a generator of its own, seeded by (data seed,
+    epoch, rank), not from torch's global RNG: the RNG state a checkpoint holds then does not depend
+    on whether the next epoch's workers were started before it was saved (an uninterrupted run starts
+    them after the epoch-end checkpoint, a resumed run before restoring the RNG), nor on validation.
     Workers (and their fork server) start with the scheduler's signals blocked: SLURM signals every
     process of the job, and only the training process may act on them.
     """
 
     def __init__(self, dataset, position_fn: Callable[[], tuple[int, int]] | None = None, **kwargs) -> None:
-        super().__init__(dataset, batch_size=None, **kwargs)
+        super().__init__(dataset, batch_size=None, generator=torch.Generator(), **kwargs)
         self._position_fn = position_fn
         self._next_epoch = 0
 
@@ -75,6 +82,7 @@ class EpochLoader(DataLoader):
         else:
             self.dataset.epoch, self.dataset.start_batch = self._next_epoch, 0
             self._next_epoch += 1
+        self.generator.manual_seed(sample_seed(self.dataset.seed, self.dataset.epoch, self.dataset.rank))
         if self.num_workers == 0:
             return super().__iter__()
         with scheduler_signals_blocked():
@@ -137,6 +145,8 @@ class DepthDataModule(L.LightningDataModule):
         self.max_bad_fraction = max_bad_fraction
         self.pin_memory = pin_memory
         self.train_position = TrainPosition()
+        self._resumed_settings: dict[str, Any] = {}
+        """The checkpoint's `_stream_settings` (empty: not resumed, or a checkpoint without them)."""
         self.train_stream: TrainStream | None = None
         self.val_stream: ValStream | None = None
         self.test_stream: ValStream | None = None
@@ -197,16 +207,46 @@ class DepthDataModule(L.LightningDataModule):
 
     def _train_start(self) -> tuple[int, int]:
         """(epoch, batches of it already trained) from the trainer; on a resume, also tells the
-        stream how many raw records each worker already consumed, so it continues exactly."""
+        stream how many raw records each worker already consumed, so it continues exactly.
+
+        Lightning creates the iterator of a resumed run before it settles its own counters. A
+        checkpoint saved after an epoch's last batch (a step checkpoint, a preemption save) still
+        reports the finished epoch here, but Lightning then moves on to the next epoch and takes its
+        batches from this iterator: it must start that epoch (continuing "after the last batch" would
+        yield nothing, and Lightning would count the empty pass as one more epoch, skipping a whole
+        epoch of data). A checkpoint saved once the epoch was closed (`on_train_epoch_end`) reports
+        it too, but there Lightning first finishes that epoch with this iterator, then starts a new
+        one: it must be empty."""
         trainer = self.trainer
         epoch, done = trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.ready
-        workers = max(1, self.num_workers)
-        if done and self.train_position.workers not in (0, workers):
-            log.warning("resuming with %d dataloader workers instead of %d: this epoch's data is redrawn, "
-                        "not continued exactly", workers, self.train_position.workers)
+        epochs = trainer.fit_loop.epoch_progress.current  # processed > completed: closed, not yet counted
+        if done >= self.train_stream.batches_per_epoch and epochs.processed == epochs.completed:
+            epoch, done = epoch + 1, 0
+        changes = self._stream_changes() if done else []
+        if changes:
+            log.warning("resuming mid-epoch with %s: the rest of epoch %d is drawn anew, not continued exactly "
+                        "(some of its samples may repeat)", "; ".join(changes), epoch)
             self.train_position = TrainPosition()
         self.train_stream.resume_records = self.train_position.skips_for(epoch) if done else {}
         return epoch, done
+
+    def _stream_settings(self) -> dict[str, Any]:
+        """The settings that decide which raw records the train stream reads in which order (the position
+        a checkpoint holds is only meaningful under the same ones). Shards count by file name: a job that
+        copies them to another folder (node-local scratch) still continues exactly."""
+        sources = [dataclasses.asdict(source) | {"urls": [Path(url).name for url in source.shard_urls()]}
+                   for source in self.train_sources]
+        return {"data.batch_size": self.batch_size, "data.samples_per_epoch": self.samples_per_epoch,
+                "data.seed": self.seed, "data.shuffle_buffer": self.shuffle_buffer, "data.train_sources": sources}
+
+    def _stream_changes(self) -> list[str]:
+        """How this run's stream settings and dataloader workers differ from the checkpoint's (empty: the
+        stream continues exactly)."""
+        recorded = self.train_position.workers
+        changes = setting_changes(self._resumed_settings, self._stream_settings())
+        if recorded not in (0, max(1, self.num_workers)):
+            changes.insert(0, f"data.num_workers {self.num_workers} (checkpoint: {recorded})")
+        return changes
 
     def val_dataloader(self) -> EpochLoader | list:
         """Every validation sample exactly once across ranks and workers (empty without val sources)."""
@@ -227,7 +267,8 @@ class DepthDataModule(L.LightningDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         """Every rank's train-stream position (a collective: Lightning calls it on all ranks)."""
-        return {"train_position": gather_per_rank(dataclasses.asdict(self.train_position))}
+        return {"train_position": gather_per_rank(dataclasses.asdict(self.train_position)),
+                "train_settings": self._stream_settings()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Take this rank's stream position from a checkpoint."""
@@ -235,6 +276,7 @@ class DepthDataModule(L.LightningDataModule):
             entry = own_entry(state["train_position"], "data-stream position")
             records = {int(worker): list(counts) for worker, counts in entry["records"].items()}
             self.train_position = TrainPosition(entry["epoch"], entry["workers"], records)
+        self._resumed_settings = state.get("train_settings", {})
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """Normalise uint8 images to [-1, 1] on the device."""

@@ -10,9 +10,9 @@ from torch.utils.data import IterableDataset
 
 
 class SlowItems(IterableDataset):
-    """`count` integer tensors per worker, `seconds` apart; carries the position fields EpochLoader sets."""
+    """`count` integer tensors per worker, `seconds` apart; carries the stream fields EpochLoader reads and sets."""
 
-    epoch = start_batch = 0
+    epoch = start_batch = seed = rank = 0
 
     def __init__(self, count: int = 4, seconds: float = 0.3) -> None:
         self.count, self.seconds = count, seconds
