@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
-from dp_train.losses import LossWeights
+from dp_train.losses import Objective
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class Stage:
     name: str
     start_step: int
     mixture: dict[str, float] | None = None
-    loss: LossWeights | None = None
+    loss: Objective | None = None
     reset_lr: bool = False
 
 
@@ -47,13 +47,13 @@ class CurriculumCallback(L.Callback):
         self.entered = 0
         """Index of the last stage whose start was passed (saved in checkpoints)."""
         self._applied: int | None = None
-        self._base_loss: LossWeights | None = None
+        self._base_loss: Objective | None = None
 
     def stage_at(self, step: int) -> int:
         """Index of the stage in force at optimizer step `step`."""
         return max(i for i, s in enumerate(self.stages) if s.start_step <= step)
 
-    def loss_at(self, index: int) -> LossWeights:
+    def loss_at(self, index: int) -> Objective:
         """Loss weights in force in stage `index` (inherited from earlier stages when unset)."""
         for stage in reversed(self.stages[: index + 1]):
             if stage.loss is not None:

@@ -13,7 +13,7 @@ from torch import nn
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torchmetrics import MetricCollection
 
-from dp_train.losses import LossWeights, depth_objective, fov_objective
+from dp_train.losses import Objective, depth_objective, fov_objective
 from dp_train.metrics import BoundaryF1, BoundaryRecall, DepthMetrics, FocalMetrics
 from dp_train.model import DepthProConfig, build_depth_pro, load_weights
 from dp_train.resume import gather_per_rank, own_entry, rng_state, set_rng_state
@@ -62,9 +62,10 @@ class DepthProModule(L.LightningModule):
         init_from: weights to start from: Apple's `depth_pro.pt`, a `.safetensors`, or a previous stage's `.ckpt`.
         init_strict: require `init_from` to fit exactly (False: load what fits, e.g. a checkpoint without FOV head).
         mode: "depth" trains the depth objective, "fov" only the FOV head (the depth network frozen).
-        loss: weights of the depth objective's terms (the curriculum changes them per stage).
+        loss: the depth objective's table (dp_train/losses/objective.py): per term a weight, the samples it applies
+            to and whether it is SSI; a curriculum stage sets its own.
         trim_fraction: share of worst pixels dropped per real-world image.
-        derivative_scales: pyramid levels of the MAGE/MALE/MSGE losses.
+        derivative_scales: pyramid levels of the MAGE/MALE/MSGE losses (paper, Eq. 2: M = 6).
         lr_encoder: learning rate of the pretrained ViT encoders.
         lr_decoder: learning rate of the randomly initialised decoder, heads and fusion layers.
         weight_decay: AdamW weight decay (not applied to norms, biases, embeddings, layer scales).
@@ -83,9 +84,9 @@ class DepthProModule(L.LightningModule):
         init_from: str | None = None,
         init_strict: bool = True,
         mode: Literal["depth", "fov"] = "depth",
-        loss: LossWeights = LossWeights(),
+        loss: Objective = Objective(),
         trim_fraction: float = 0.2,
-        derivative_scales: int = 4,
+        derivative_scales: int = 6,
         lr_encoder: float = 1e-5,
         lr_decoder: float = 1e-4,
         weight_decay: float = 0.05,
