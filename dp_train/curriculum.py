@@ -16,8 +16,8 @@ class Stage:
 
     `mixture` ({source name: weight}; unnamed train sources get 0) and `loss`
     default to the previous stage's (the first stage: the datamodule's source
-    weights and the module's loss weights). `reset_lr` restarts warm-up and
-    cosine decay when the stage begins.
+    weights and the module's objective, dp_train/losses/objective.py). `reset_lr`
+    restarts the LR schedule (warm-up first) when the stage begins.
     """
 
     name: str
