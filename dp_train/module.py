@@ -58,6 +58,8 @@ class DepthProModule(L.LightningModule):
             80 % constant = 0.81).
         freeze_vit_norms: keep the ViTs' LayerNorms at their initial (pretrained) values (paper, Tab. 16:
             "Pretrained LayerNorm: Frozen").
+        fov_loss: the FOV stage's loss: "l2_fov" (the paper's L2, Sec. 3.3, on the horizontal FOV in radians) or
+            "l1_log_focal" (L1 on log focal length); see dp_train/losses/fov.py.
         fsdp_param_dtype: compute dtype of parameters under FSDP2 (`ModelParallelStrategy`); gradients are
             reduced and the optimizer steps in float32 either way.
         boundary_metrics: compute the boundary F1 / recall metrics during validation.
@@ -82,6 +84,7 @@ class DepthProModule(L.LightningModule):
         min_lr_ratio: float = 0.1,
         decay_at: float = 0.81,
         freeze_vit_norms: bool = True,
+        fov_loss: Literal["l2_fov", "l1_log_focal"] = "l2_fov",
         fsdp_param_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16",
         boundary_metrics: bool = True,
         log_images_every_n_val_steps: int = 20,
@@ -220,7 +223,7 @@ class DepthProModule(L.LightningModule):
         """Loss terms and per-image loss for the current mode (depth and FOV objectives stay separate)."""
         if self.mode == "fov":  # the frozen depth network records no autograd graph; its features reach
             _, fov = self.net(batch["image"])  # the FOV head detached (through forward: FSDP needs the root call)
-            return fov_objective(fov.float(), batch["f_px"], batch["image"].shape[-1])
+            return fov_objective(fov.float(), batch["f_px"], batch["image"].shape[-1], self.hparams.fov_loss)
         pred, _ = self.net(batch["image"], with_fov=False)
         return depth_objective(
             pred.float(), batch["target"], batch["valid"], batch["metric"], batch["synthetic"], batch["sparse"],
