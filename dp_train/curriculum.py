@@ -73,6 +73,10 @@ class CurriculumCallback(L.Callback):
             schedule.append((stage_.start_step * trainer.accumulate_grad_batches, weights))
         datamodule.set_mixture_schedule(schedule)
 
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Tell the LR schedule where `reset_lr` stages restart it (each stage gets its own warm-up and phases)."""
+        pl_module.set_lr_schedule_ends([s.start_step for s in self.stages if s.reset_lr])
+
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         """Enter a new stage at its first step; re-apply the stage's loss after a resume."""
         index = self.stage_at(trainer.global_step)

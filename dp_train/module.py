@@ -207,6 +207,12 @@ class DepthProModule(L.LightningModule):
             for (is_encoder, decays), params in sorted(groups.items())
         ]
 
+    def set_lr_schedule_ends(self, steps: list[int]) -> None:
+        """Tell the LR schedule where later stages restart it, so each stage's phases fit that stage."""
+        for config in self.trainer.lr_scheduler_configs:
+            for schedule in config.scheduler.lr_lambdas:
+                schedule.ends = sorted(steps)
+
     def restart_lr_schedule(self) -> None:
         """Restart the LR schedule (warm-up first) from the current step (used at a curriculum switch)."""
         for config in self.trainer.lr_scheduler_configs:

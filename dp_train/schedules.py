@@ -2,9 +2,10 @@
 
 `constant_step` is the paper's (App. C.4, Tab. 16): 1 % linear warm-up, 80 % constant, the last 19 %
 at x0.1. `cosine` (warm-up, then cosine decay to `min_ratio`) stays available. Both are callable
-objects (not closures), so LambdaLR saves their state, `offset` included, in checkpoints; a
-curriculum stage with `reset_lr` restarts them at its first step, and the phases then divide the
-steps from there to the end of the run.
+objects (not closures), so LambdaLR saves their state, `offset` and `ends` included, in
+checkpoints. A curriculum stage with `reset_lr` restarts them at its first step (`offset`), and
+the curriculum lists those steps in `ends` up front: the phases then divide each stage's own
+steps, as when the stages run as separate jobs.
 """
 
 from __future__ import annotations
@@ -26,10 +27,14 @@ class Warmup:
         self.warmup = warmup
         self.total_steps = max(total_steps, 1)
         self.offset = 0
+        """The step the schedule last (re)started at."""
+        self.ends: list[int] = []
+        """Steps at which a later stage restarts the schedule: the current phases end at the next one."""
 
     def position(self, step: int) -> tuple[int, int, int]:
-        """(steps since the (re)start, steps from the (re)start to the end, warm-up steps)."""
-        step, span = step - self.offset, max(self.total_steps - self.offset, 1)
+        """(steps since the (re)start, steps from the (re)start to the stage's end, warm-up steps)."""
+        end = min([e for e in self.ends if e > self.offset] + [self.total_steps])
+        step, span = step - self.offset, max(end - self.offset, 1)
         warmup = round(self.warmup * span) if isinstance(self.warmup, float) else self.warmup
         return step, span, warmup
 

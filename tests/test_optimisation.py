@@ -114,3 +114,16 @@ def test_a_run_with_gradient_accumulation_resumes_exactly(tmp_path_factory):
     assert_same_states(final_state(killed), final_state(whole))
     loops = torch.load(whole / "ckpt" / "last.ckpt", weights_only=False)["loops"]["fit_loop"]
     assert loops["epoch_loop.batch_progress"]["total"]["ready"] == 2 * 12  # two batches per optimizer step
+
+
+def test_with_a_later_restart_each_stage_gets_its_own_three_phases():
+    """A curriculum restarting the schedule at step 600 of 1000: stage 1's phases fit its 600 steps."""
+    schedule = build_schedule("constant_step", 0.01, 1000, 0.1, 0.81)
+    schedule.ends = [600]
+    first = [schedule(step) for step in range(600)]
+    assert first[:6] == pytest.approx([(i + 1) / 6 for i in range(6)])
+    assert set(first[6:486]) == {1.0} and set(first[486:]) == {0.1}
+    schedule.offset = 600
+    second = [schedule(step) for step in range(600, 1000)]
+    assert second[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert set(second[4:324]) == {1.0} and set(second[324:]) == {0.1}
