@@ -63,7 +63,9 @@ class Objective:
     """The depth objective's table. A bare number is shorthand for `{weight: number}` (every sample).
 
     A dotted override of one field (`--model.loss.mage.ssi=true`) of a term given as a number starts
-    from `Term`'s defaults (weight 1.0): give such a term as a mapping in the recipe.
+    from `Term`'s defaults (weight 1.0): give such a term as a mapping in the recipe. A recipe layered
+    on another merges a term's mapping into the one below: write every field of a term you replace
+    (recipes/ablations/ do).
     """
 
     mae: Term | float = 1.0
