@@ -54,7 +54,7 @@ class CurriculumCallback(L.Callback):
         return max(i for i, s in enumerate(self.stages) if s.start_step <= step)
 
     def loss_at(self, index: int) -> Objective:
-        """Loss weights in force in stage `index` (inherited from earlier stages when unset)."""
+        """The objective in force in stage `index` (inherited from earlier stages when unset)."""
         for stage in reversed(self.stages[: index + 1]):
             if stage.loss is not None:
                 return stage.loss
