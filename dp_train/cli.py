@@ -130,7 +130,12 @@ class DepthProCLI(LightningCLI):
 
     def before_fit(self) -> None:
         """Under `wandb agent`, a checkpoint folder per trial; the wandb service started safe from the
-        scheduler's signals; validation of the starting weights (with --report_validation)."""
+        scheduler's signals; validation of the starting weights (with --report_validation). A global batch
+        size that does not fit the run is one error line before any work."""
+        try:
+            self.datamodule.gradient_accumulation(self.trainer)
+        except ValueError as err:
+            raise RecipeError(str(err)) from None
         separate_sweep_checkpoints(self.trainer)
         start_wandb_service(self.trainer)
         self._report()

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
-from dp_train.losses import LossWeights
+from dp_train.losses import Objective
 
 
 @dataclass(frozen=True)
@@ -16,14 +16,14 @@ class Stage:
 
     `mixture` ({source name: weight}; unnamed train sources get 0) and `loss`
     default to the previous stage's (the first stage: the datamodule's source
-    weights and the module's loss weights). `reset_lr` restarts warm-up and
-    cosine decay when the stage begins.
+    weights and the module's objective, dp_train/losses/objective.py). `reset_lr`
+    restarts the LR schedule (warm-up first) when the stage begins.
     """
 
     name: str
     start_step: int
     mixture: dict[str, float] | None = None
-    loss: LossWeights | None = None
+    loss: Objective | None = None
     reset_lr: bool = False
 
 
@@ -47,14 +47,14 @@ class CurriculumCallback(L.Callback):
         self.entered = 0
         """Index of the last stage whose start was passed (saved in checkpoints)."""
         self._applied: int | None = None
-        self._base_loss: LossWeights | None = None
+        self._base_loss: Objective | None = None
 
     def stage_at(self, step: int) -> int:
         """Index of the stage in force at optimizer step `step`."""
         return max(i for i, s in enumerate(self.stages) if s.start_step <= step)
 
-    def loss_at(self, index: int) -> LossWeights:
-        """Loss weights in force in stage `index` (inherited from earlier stages when unset)."""
+    def loss_at(self, index: int) -> Objective:
+        """The objective in force in stage `index` (inherited from earlier stages when unset)."""
         for stage in reversed(self.stages[: index + 1]):
             if stage.loss is not None:
                 return stage.loss
@@ -72,6 +72,10 @@ class CurriculumCallback(L.Callback):
             weights = stage_.mixture if stage_.mixture is not None else weights
             schedule.append((stage_.start_step * trainer.accumulate_grad_batches, weights))
         datamodule.set_mixture_schedule(schedule)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Tell the LR schedule where `reset_lr` stages restart it (each stage gets its own warm-up and phases)."""
+        pl_module.set_lr_schedule_ends([s.start_step for s in self.stages if s.reset_lr])
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         """Enter a new stage at its first step; re-apply the stage's loss after a resume."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any, Literal
 
@@ -13,35 +12,15 @@ from torch import nn
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torchmetrics import MetricCollection
 
-from dp_train.losses import LossWeights, depth_objective, fov_objective
+from dp_train.losses import Objective, depth_objective, fov_objective
 from dp_train.metrics import BoundaryF1, BoundaryRecall, DepthMetrics, FocalMetrics
 from dp_train.model import DepthProConfig, build_depth_pro, load_weights
 from dp_train.resume import gather_per_rank, own_entry, rng_state, set_rng_state
+from dp_train.schedules import build_schedule
 from dp_train.visualize import depth_panel
 
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "gamma", "norm", "bias")
 """Parameters kept out of weight decay: embeddings, layer scales, norms and biases."""
-
-
-class WarmupCosine:
-    """LR multiplier: linear warm-up, then cosine decay to `min_ratio`, restartable at `offset`.
-
-    A callable object (not a closure) so LambdaLR saves `offset` in checkpoints.
-    """
-
-    def __init__(self, warmup_steps: int, total_steps: int, min_ratio: float) -> None:
-        self.warmup_steps = warmup_steps
-        self.total_steps = max(total_steps, 1)
-        self.min_ratio = min_ratio
-        self.offset = 0
-
-    def __call__(self, step: int) -> float:
-        step = step - self.offset
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        span = max(self.total_steps - self.offset - self.warmup_steps, 1)
-        progress = min((step - self.warmup_steps) / span, 1.0)
-        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def build_network(preset: str, network: dict[str, Any] | None) -> nn.Module:
@@ -62,14 +41,25 @@ class DepthProModule(L.LightningModule):
         init_from: weights to start from: Apple's `depth_pro.pt`, a `.safetensors`, or a previous stage's `.ckpt`.
         init_strict: require `init_from` to fit exactly (False: load what fits, e.g. a checkpoint without FOV head).
         mode: "depth" trains the depth objective, "fov" only the FOV head (the depth network frozen).
-        loss: weights of the depth objective's terms (the curriculum changes them per stage).
+        loss: the depth objective's table (dp_train/losses/objective.py): per term a weight, the samples it applies
+            to and whether it is SSI; a curriculum stage sets its own.
         trim_fraction: share of worst pixels dropped per real-world image.
-        derivative_scales: pyramid levels of the MAGE/MALE/MSGE losses.
-        lr_encoder: learning rate of the pretrained ViT encoders.
-        lr_decoder: learning rate of the randomly initialised decoder, heads and fusion layers.
-        weight_decay: AdamW weight decay (not applied to norms, biases, embeddings, layer scales).
-        warmup_steps: linear LR warm-up steps.
-        min_lr_ratio: final LR of the cosine decay, relative to the peak.
+        derivative_scales: pyramid levels of the MAGE/MALE/MSGE losses (paper, Eq. 2: M = 6).
+        lr_encoder: learning rate of the pretrained ViT encoders (paper, Tab. 16: 1.28e-5 at batch 128).
+        lr_decoder: learning rate of the randomly initialised decoder, heads and fusion layers (paper: 1.28e-4).
+        weight_decay: AdamW weight decay (not applied to norms, biases, embeddings, layer scales). At 0 (the
+            paper's, Tab. 16) AdamW is exactly the paper's Adam: the decoupled decay term vanishes.
+        lr_schedule: "constant_step" (the paper's: warm-up, constant, then x `min_lr_ratio` from `decay_at`)
+            or "cosine" (warm-up, then cosine decay to `min_lr_ratio`); see dp_train/schedules.py.
+        warmup_steps: linear LR warm-up: optimizer steps (an int) or a share of the run (a float below 1;
+            paper: 0.01).
+        min_lr_ratio: the LR at the end of the decay, relative to the peak (paper: x0.1).
+        decay_at: share of the run after which "constant_step" drops to `min_lr_ratio` (paper: 1 % warm-up +
+            80 % constant = 0.81).
+        freeze_vit_norms: keep the ViTs' LayerNorms at their initial (pretrained) values (paper, Tab. 16:
+            "Pretrained LayerNorm: Frozen").
+        fov_loss: the FOV stage's loss: "l2_fov" (the paper's L2, Sec. 3.3, on the horizontal FOV in radians) or
+            "l1_log_focal" (L1 on log focal length); see dp_train/losses/fov.py.
         fsdp_param_dtype: compute dtype of parameters under FSDP2 (`ModelParallelStrategy`); gradients are
             reduced and the optimizer steps in float32 either way.
         boundary_metrics: compute the boundary F1 / recall metrics during validation.
@@ -83,14 +73,18 @@ class DepthProModule(L.LightningModule):
         init_from: str | None = None,
         init_strict: bool = True,
         mode: Literal["depth", "fov"] = "depth",
-        loss: LossWeights = LossWeights(),
+        loss: Objective = Objective(),
         trim_fraction: float = 0.2,
-        derivative_scales: int = 4,
-        lr_encoder: float = 1e-5,
-        lr_decoder: float = 1e-4,
-        weight_decay: float = 0.05,
-        warmup_steps: int = 500,
-        min_lr_ratio: float = 0.01,
+        derivative_scales: int = 6,
+        lr_encoder: float = 1.28e-5,
+        lr_decoder: float = 1.28e-4,
+        weight_decay: float = 0.0,
+        lr_schedule: Literal["constant_step", "cosine"] = "constant_step",
+        warmup_steps: int | float = 0.01,
+        min_lr_ratio: float = 0.1,
+        decay_at: float = 0.81,
+        freeze_vit_norms: bool = True,
+        fov_loss: Literal["l2_fov", "l1_log_focal"] = "l2_fov",
         fsdp_param_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16",
         boundary_metrics: bool = True,
         log_images_every_n_val_steps: int = 20,
@@ -102,7 +96,10 @@ class DepthProModule(L.LightningModule):
             load_weights(self.net, init_from, strict=init_strict)
         self.mode = mode
         self.loss_weights = loss
+        build_schedule(lr_schedule, warmup_steps, 1, min_lr_ratio, decay_at)  # refuse bad settings before any work
         self._freeze_for_mode()
+        if freeze_vit_norms:
+            self._freeze_vit_norms()
         self.eval_metrics = nn.ModuleDict()
         self._bad_records: torch.Tensor | None = None
         self._last_batch_time: float | None = None
@@ -116,6 +113,13 @@ class DepthProModule(L.LightningModule):
         for name, param in self.net.named_parameters():
             if name.startswith("fov.") != (self.mode == "fov"):
                 param.requires_grad_(False)
+
+    def _freeze_vit_norms(self) -> None:
+        """Freeze every LayerNorm of the ViT encoders (their pretrained statistics stay as loaded)."""
+        for vit in self.net.vits():
+            for module in vit.modules():
+                if isinstance(module, nn.LayerNorm):
+                    module.requires_grad_(False)
 
     def configure_model(self) -> None:
         """Shard with FSDP2 when the trainer's strategy is `ModelParallelStrategy` (it sets a device mesh).
@@ -175,11 +179,12 @@ class DepthProModule(L.LightningModule):
         return MetricCollection(metrics, compute_groups=False)
 
     def configure_optimizers(self) -> dict:
-        """AdamW with separate encoder / decoder learning rates; warm-up then cosine decay per step."""
+        """AdamW (Adam at weight decay 0) with separate encoder / decoder learning rates; the LR schedule per step."""
         groups = self._parameter_groups()
         optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999))
         total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
-        schedule = WarmupCosine(self.hparams.warmup_steps, total, self.hparams.min_lr_ratio)
+        hp = self.hparams
+        schedule = build_schedule(hp.lr_schedule, hp.warmup_steps, total, hp.min_lr_ratio, hp.decay_at)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -202,8 +207,14 @@ class DepthProModule(L.LightningModule):
             for (is_encoder, decays), params in sorted(groups.items())
         ]
 
+    def set_lr_schedule_ends(self, steps: list[int]) -> None:
+        """Tell the LR schedule where later stages restart it, so each stage's phases fit that stage."""
+        for config in self.trainer.lr_scheduler_configs:
+            for schedule in config.scheduler.lr_lambdas:
+                schedule.ends = sorted(steps)
+
     def restart_lr_schedule(self) -> None:
-        """Restart warm-up and cosine decay from the current step (used at a curriculum switch)."""
+        """Restart the LR schedule (warm-up first) from the current step (used at a curriculum switch)."""
         for config in self.trainer.lr_scheduler_configs:
             for schedule in config.scheduler.lr_lambdas:
                 schedule.offset = self.global_step
@@ -218,7 +229,7 @@ class DepthProModule(L.LightningModule):
         """Loss terms and per-image loss for the current mode (depth and FOV objectives stay separate)."""
         if self.mode == "fov":  # the frozen depth network records no autograd graph; its features reach
             _, fov = self.net(batch["image"])  # the FOV head detached (through forward: FSDP needs the root call)
-            return fov_objective(fov.float(), batch["f_px"], batch["image"].shape[-1])
+            return fov_objective(fov.float(), batch["f_px"], batch["image"].shape[-1], self.hparams.fov_loss)
         pred, _ = self.net(batch["image"], with_fov=False)
         return depth_objective(
             pred.float(), batch["target"], batch["valid"], batch["metric"], batch["synthetic"], batch["sparse"],

@@ -1,4 +1,5 @@
-"""The one-pass photometric transforms draw like albumentations' stock ones and change pixels like them."""
+"""The one-pass photometric transforms draw like albumentations' stock ones and change pixels like them; the
+FOV augmentation (centre crop or whole frame) keeps focal length and target consistent with evaluation."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import albumentations as A
 import numpy as np
 import pytest
 
-from dp_train.data.augment import AffineColorJitter, LumaNoise, make_view
+from dp_train.data.augment import AffineColorJitter, AugmentConfig, EvalTransform, LumaNoise, TrainTransform, make_view
 from dp_train.data.schema import SampleMeta, make_sample
 
 
@@ -74,3 +75,42 @@ def test_colour_jitter_runs_before_or_after_the_resize_with_the_same_result(crop
     plain = make_view(sample, size, box, flip=True).image
     assert np.abs(jittered - recolour(plain).astype(int)).mean() < 1.5
     assert np.abs(jittered - plain.astype(int)).mean() > 10
+
+
+def column_sample(height: int = 48, width: int = 96, depth: float = 2.0, f_px: float = 60.0):
+    """A constant-depth sample whose red channel is the column index (shows where a view comes from)."""
+    image = np.zeros((height, width, 3), np.uint8)
+    image[..., 0] = np.arange(width, dtype=np.uint8)[None, :]
+    return make_sample("cols", image, np.full((height, width), depth, np.float32),
+                       SampleMeta(dataset="d", f_px=f_px, metric=True, synthetic=True))
+
+
+STILL = dict(color_jitter_prob=0.0, blur_prob=0.0)
+
+
+def test_the_fov_centre_crop_is_centred_keeps_the_aspect_and_its_focal_follows():
+    """zoom 2 on 96 x 48: the centre 48 x 24 (columns 24-71) fills the input; f scales by size / 48."""
+    sample, size = column_sample(), 32
+    view = TrainTransform(size, AugmentConfig(center_crop_prob=1.0, zoom_range=(2.0, 2.0), **STILL))(sample, 0)
+    assert view.f_px == pytest.approx(60.0 * size / 48)
+    np.testing.assert_allclose(view.target, view.f_px / (size * 2.0), rtol=1e-6)  # D = f / (W C) still 2 m
+    columns = view.image[0, :, 0].astype(int)
+    assert abs(columns[0] - 24) <= 1 and abs(columns[-1] - 71) <= 1
+
+
+def test_without_a_centre_crop_training_sees_exactly_what_evaluation_sees():
+    """The other half of the FOV augmentation: the whole frame, resized anisotropically as `infer` does."""
+    sample = column_sample()
+    view = TrainTransform(32, AugmentConfig(center_crop_prob=0.0, **STILL))(sample, 0)
+    reference = EvalTransform(32)(sample)
+    assert view.f_px == reference.f_px
+    np.testing.assert_array_equal(view.image, reference.image)
+    np.testing.assert_array_equal(view.target, reference.target)
+
+
+def test_half_of_the_samples_are_centre_cropped_by_default():
+    """Tab. 16: centre crop probability 50 %. 400 draws: 4 binomial standard deviations = 0.1."""
+    transform, sample = TrainTransform(32, AugmentConfig(**STILL)), column_sample()
+    whole = EvalTransform(32)(sample).f_px
+    cropped = [transform(sample, seed).f_px > whole * (1 + 1e-6) for seed in range(400)]
+    assert abs(np.mean(cropped) - 0.5) < 0.1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -18,13 +19,23 @@ REPO = Path(__file__).resolve().parents[1]
 NETWORK = {"vit_img_size": 128, "decoder_features": 16, "encoder_feature_dims": [8, 16, 32, 32]}
 
 
-def test_samples_without_focal_length_are_excluded_not_guessed():
+@pytest.mark.parametrize("kind", ["l2_fov", "l1_log_focal"])
+def test_samples_without_focal_length_are_excluded_not_guessed(kind):
     fov = torch.tensor([60.0, 60.0, 90.0], requires_grad=True)
     f_px = torch.tensor([400.0, 0.0, float("nan")])  # only the first sample's focal length is known
-    terms, per_image = fov_objective(fov, f_px, width=512)
+    terms, per_image = fov_objective(fov, f_px, width=512, kind=kind)
     assert per_image[1] == 0 and per_image[2] == 0
     terms["loss"].backward()
     assert fov.grad[1] == 0 and fov.grad[2] == 0 and torch.isfinite(fov.grad).all()
+
+
+def test_the_default_fov_loss_is_l2_on_the_horizontal_fov_in_radians():
+    """Sec. 3.3: L2. f = 256 px at width 512 is a 90 degree FOV; predicting 80 degrees costs (10 deg in rad)^2."""
+    terms, per_image = fov_objective(torch.tensor([80.0, 90.0]), torch.tensor([256.0, 256.0]), width=512)
+    assert per_image.tolist() == pytest.approx([math.radians(10.0) ** 2, 0.0], abs=1e-7)
+    assert terms["loss"].item() == pytest.approx(math.radians(10.0) ** 2 / 2, rel=1e-5)
+    focal_80 = 256.0 / math.tan(math.radians(40.0))
+    assert terms["log_focal"].item() == pytest.approx(math.log(focal_80 / 256.0) / 2, rel=1e-5)
 
 
 @pytest.mark.slow

@@ -1,11 +1,13 @@
-"""Losses on canonical inverse depth: exact values, invariances, masks, trimming, empty images."""
+"""Losses on canonical inverse depth: exact values, invariances, masks, trimming, empty images, and the
+objective table (which term applies to which kind of sample, SSI or not, the paper's stage rows)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from dp_train.losses import LossWeights, depth_objective, derivative_losses, mae, ssi_mae
+from dp_train.losses import Objective, Term, depth_objective, derivative_losses, mae, mse, ssi_mae
+from dp_train.losses.terms import ssi_normalize
 
 
 def maps(*values, shape=(1, 1, 2, 2)) -> torch.Tensor:
@@ -86,7 +88,7 @@ def test_empty_images_give_finite_loss_and_zero_gradient():
     target = torch.rand(2, 1, 16, 16)
     valid = torch.zeros_like(target, dtype=torch.bool)
     valid[1] = True
-    weights = LossWeights(mae=1.0, mage=1.0, male=1.0, msge=1.0)
+    weights = Objective(mae=1.0, mage=1.0, male=1.0, msge=1.0)
     terms, per_image = depth_objective(pred, target, valid, *batch_flags(2), weights)
     terms["loss"].backward()
     assert torch.isfinite(terms["loss"]) and per_image[0] == 0
@@ -105,7 +107,7 @@ def test_objective_selects_the_loss_per_sample():
     metric = torch.tensor([True, False, True])
     synthetic = torch.tensor([True, True, True])
     sparse = torch.tensor([False, False, True])
-    weights = LossWeights(mae=1.0, mage=1.0)
+    weights = Objective(mae=1.0, mage=1.0)
     _, per_image = depth_objective(pred, target, valid, metric, synthetic, sparse, weights)
     expected_metric = (pred - target).abs().mean(dim=(1, 2, 3))
     assert per_image[1] < 1e-5  # relative sample: scale and shift forgiven
@@ -118,5 +120,95 @@ def test_real_images_are_trimmed_and_synthetic_ones_are_not():
     pred = torch.arange(10, dtype=torch.float32).expand(2, 1, 1, 10)
     valid = torch.ones_like(target, dtype=torch.bool)
     metric, sparse = torch.tensor([True, True]), torch.tensor([False, False])
-    _, per_image = depth_objective(pred, target, valid, metric, torch.tensor([True, False]), sparse, LossWeights())
+    _, per_image = depth_objective(pred, target, valid, metric, torch.tensor([True, False]), sparse, Objective())
     assert per_image.tolist() == pytest.approx([4.5, 3.5])
+
+
+def test_mse_exact_value_and_trimming():
+    pred, target = maps(1.0, 2.0, 3.0, 4.0), maps(1.5, 2.0, 5.0, 0.0)
+    valid = maps(1, 1, 1, 0).bool()
+    assert mse(pred, target, valid)[0].item() == pytest.approx((0.25 + 0.0 + 4.0) / 3)
+    errors = torch.arange(10, dtype=torch.float32).reshape(1, 1, 2, 5)
+    loss, _ = mse(errors, torch.zeros_like(errors), torch.ones_like(errors, dtype=torch.bool), trim_fraction=0.2)
+    assert loss.item() == pytest.approx(sum(i * i for i in range(8)) / 8)  # 8 and 9 dropped
+
+
+def ramp(n: int, slope: float, size: int = 16) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """n images whose prediction is target + slope * x (target a constant 1): MAE, MAGE etc. known exactly."""
+    x = torch.arange(size, dtype=torch.float32).expand(n, 1, size, size)
+    target = torch.ones(n, 1, size, size)
+    return target + slope * x, target, torch.ones_like(target, dtype=torch.bool)
+
+
+def test_derivative_losses_use_six_scales_by_default():
+    """Eq. 2: L_{S,1,6}. On a ramp the slope doubles per scale, so the mean over scales counts them."""
+    pred, target, valid = ramp(1, 0.01, size=256)
+    terms, _ = depth_objective(pred, target, valid, *batch_flags(1), Objective(mae=0.0, mage=1.0))
+    assert terms["mage"].item() == pytest.approx(sum(0.01 * 2**k / 2 for k in range(6)) / 6, rel=1e-5)
+
+
+def test_a_number_is_shorthand_for_a_term_on_every_sample_and_negative_weights_are_refused():
+    assert Objective(mse=2.0).terms()["mse"] == Term(weight=2.0)
+    assert Objective().rows() == {"mae": Term()}  # MAE is always computed (logged), the rest when weighted
+    with pytest.raises(ValueError, match="loss.msge.weight"):
+        Objective(msge=-1.0)
+
+
+KINDS = {"real metric": (True, False), "synthetic metric": (True, True),
+         "real non-metric": (False, False), "synthetic non-metric": (False, True)}
+"""Sample kind -> (metric, synthetic) flags."""
+
+
+@pytest.mark.parametrize("flag", ["metric", "non_metric", "real", "synthetic"])
+def test_a_term_applies_exactly_to_the_sample_kinds_its_row_names(flag):
+    """Switching one kind off removes the term from those samples only (the others keep their loss)."""
+    pred, target, valid = ramp(4, 0.5)
+    metric = torch.tensor([m for m, _ in KINDS.values()])
+    synthetic = torch.tensor([s for _, s in KINDS.values()])
+    sparse = torch.zeros(4, dtype=torch.bool)
+    on = Objective(mae=0.0, mse=Term(weight=1.0))
+    off = Objective(mae=0.0, mse=Term(weight=1.0, **{flag: False}))
+    _, every = depth_objective(pred, target, valid, metric, synthetic, sparse, on)
+    _, some = depth_objective(pred, target, valid, metric, synthetic, sparse, off)
+    dropped = {"metric": metric, "non_metric": ~metric, "real": ~synthetic, "synthetic": synthetic}[flag]
+    assert (every > 0).all()
+    assert (some[dropped] == 0).all() and torch.equal(some[~dropped], every[~dropped])
+
+
+def test_ssi_makes_a_derivative_term_scale_invariant_on_metric_samples():
+    """A metric prediction right up to scale and shift: SSI-MAGE forgives it, plain MAGE does not."""
+    torch.manual_seed(0)
+    target = torch.rand(1, 1, 32, 32) + 0.5
+    pred, valid = 3.0 * target + 1.0, torch.ones_like(target, dtype=torch.bool)
+    plain, _ = depth_objective(pred, target, valid, *batch_flags(1), Objective(mae=0.0, mage=1.0))
+    ssi, _ = depth_objective(pred, target, valid, *batch_flags(1), Objective(mae=0.0, mage=Term(ssi=True)))
+    assert plain["mage"] > 0.1 and ssi["mage"] < 1e-5
+
+
+def test_paper_stage1_condition_1c_per_sample_kind():
+    """1C (Tab. 17): metric -> MAE, non-metric -> SSI-MAE, real samples trimmed and without gradient loss,
+    synthetic samples (metric and non-metric) add SSI-MAGE."""
+    torch.manual_seed(0)
+    target = torch.rand(4, 1, 32, 32) + 0.5
+    pred, valid = target + 0.1 * torch.rand_like(target), torch.ones_like(target, dtype=torch.bool)
+    metric = torch.tensor([m for m, _ in KINDS.values()])
+    synthetic = torch.tensor([s for _, s in KINDS.values()])
+    stage1 = Objective(mae=1.0, mage=Term(real=False, ssi=True))
+    _, per_image = depth_objective(pred, target, valid, metric, synthetic, torch.zeros(4, dtype=torch.bool), stage1)
+    mage = derivative_losses(ssi_normalize(pred, valid), ssi_normalize(target, valid), valid)["mage"][0]
+    expected = [mae(pred[:1], target[:1], valid[:1], 0.2)[0],  # real metric: trimmed MAE only
+                mae(pred[1:2], target[1:2], valid[:1])[0] + mage[1],  # synthetic metric: MAE + SSI-MAGE
+                ssi_mae(pred[2:3], target[2:3], valid[:1], 0.2)[0],  # real non-metric: trimmed SSI-MAE only
+                ssi_mae(pred[3:], target[3:], valid[:1])[0] + mage[3]]  # synthetic non-metric: SSI-MAE + SSI-MAGE
+    torch.testing.assert_close(per_image, torch.cat(expected))
+
+
+def test_paper_stage2_condition_2a_sums_five_terms():
+    pred, target, valid = ramp(1, 0.5)
+    stage2 = Objective(mae=1.0, mse=1.0, mage=1.0, male=1.0, msge=1.0)
+    terms, per_image = depth_objective(pred, target, valid, *batch_flags(1), stage2)
+    assert set(terms) == {"loss", "mae", "mse", "mage", "male", "msge"}
+    assert terms["mse"] > terms["mae"] > 0 and terms["mage"] > 0 and terms["msge"] > 0
+    total = sum(terms[name] for name in ("mae", "mse", "mage", "male", "msge"))
+    torch.testing.assert_close(terms["loss"], total)
+    torch.testing.assert_close(per_image[0], total)

@@ -1,4 +1,5 @@
-"""make_shards: folder of images + depth maps -> validated shards, report and skip list."""
+"""make_shards: folder of images + depth maps (or photos with a focal length only) -> validated shards, report and
+skip list."""
 
 from __future__ import annotations
 
@@ -13,6 +14,15 @@ import webdataset as wds
 from PIL import Image
 
 from dp_train.data.convert import main, read_pfm
+from dp_train.data.exif import (
+    EXIF_IFD,
+    FOCAL_35MM,
+    FOCAL_LENGTH,
+    FOCAL_PLANE_RESOLUTION_UNIT,
+    FOCAL_PLANE_X_RESOLUTION,
+    PIXEL_X_DIMENSION,
+    focal_px_from_tags,
+)
 from dp_train.data.schema import Sample, decode_sample, read_index, shard_urls
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,11 +159,9 @@ def test_focal_file_mask_sparse_and_disparity(dataset):
     assert report["f_px"] == {"min": 10.0, "max": 14.0}
 
 
-def test_units_is_required(dataset, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(_args(dataset, dataset["root"] / "out"))
-    assert exc.value.code == 2
-    assert "--units" in capsys.readouterr().err
+def test_units_is_required_with_depth(dataset, capsys):
+    assert main(_args(dataset, dataset["root"] / "out")) == 2
+    assert capsys.readouterr().err.strip() == "error: --units is required with --depth (m, cm, mm, disparity or relative)"
 
 
 @pytest.mark.parametrize(
@@ -213,3 +221,45 @@ def test_exr_depth(tmp_path):
                "--workers", "1"])
     assert rc == 0
     np.testing.assert_array_equal(_load(tmp_path / "out" / "exr.index.json")["x"].depth, depth)
+
+
+def test_focal_from_exif_35mm_equivalent_and_sensor_resolution():
+    """35 mm equivalent keeps the diagonal angle: f35 / 43.27 mm x diagonal px. Sensor route: f_mm x px/mm,
+    scaled to the image when it was resized after capture (PixelXDimension)."""
+    assert focal_px_from_tags({FOCAL_35MM: 26}, 4000, 3000) == pytest.approx(26 * 5000 / np.hypot(36, 24))
+    sensor = {FOCAL_LENGTH: 4.0, FOCAL_PLANE_X_RESOLUTION: 2540.0, FOCAL_PLANE_RESOLUTION_UNIT: 2,
+              PIXEL_X_DIMENSION: 4000}  # 2540 px per inch = 100 px per mm
+    assert focal_px_from_tags(sensor, 4000, 3000) == pytest.approx(400.0)
+    assert focal_px_from_tags(sensor, 1000, 750) == pytest.approx(100.0)  # downscaled 4x after capture
+    assert focal_px_from_tags(sensor | {FOCAL_35MM: 26}, 4000, 3000) != pytest.approx(400.0)  # 35 mm first
+
+
+def _photo(path: Path, tags: dict, size: tuple[int, int] = (30, 40)) -> None:
+    """A JPEG photo with the given Exif-IFD tags."""
+    exif = Image.Exif()
+    exif.get_ifd(EXIF_IFD).update(tags)
+    Image.fromarray(np.full((*size, 3), 128, np.uint8)).save(path, "JPEG", exif=exif)
+
+
+def test_a_photo_folder_without_depth_becomes_a_focal_only_set(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    _photo(photos / "phone.jpg", {FOCAL_35MM: 28})
+    _photo(photos / "camera.jpg", {FOCAL_LENGTH: 5.0, FOCAL_PLANE_X_RESOLUTION: 8.0, FOCAL_PLANE_RESOLUTION_UNIT: 4})
+    _photo(photos / "scan.jpg", {})
+    out = tmp_path / "out"
+    assert main(["--images", str(photos), "--out", str(out), "--dataset", "photos", "--workers", "1"]) == 0
+    samples = _load(out / "photos.index.json")
+    assert sorted(samples) == ["camera", "phone"]
+    assert samples["phone"].meta.f_px == pytest.approx(28 * 50 / np.hypot(36, 24))  # 40 x 30: diagonal 50 px
+    assert samples["camera"].meta.f_px == pytest.approx(40.0)  # 5 mm x 8 px/mm
+    assert all(not s.valid.any() and not s.meta.metric for s in samples.values())  # no depth to learn from
+    assert "skipped scan: no usable EXIF focal length" in capsys.readouterr().out
+    assert (out / "photos.skipped.txt").read_text().startswith("scan\tno usable EXIF focal length")
+
+
+def test_depth_options_without_depth_are_one_error_line(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    assert main(["--images", str(photos), "--out", str(tmp_path / "o"), "--dataset", "p", "--units", "m"]) == 2
+    assert capsys.readouterr().err.startswith("error: --units, --mask-dir and --png-scale describe depth maps")

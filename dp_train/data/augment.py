@@ -1,7 +1,12 @@
 """Augmentation that keeps depth metric, and the canonical inverse depth target.
 
-Geometry (random square crop, resize to the network input, horizontal flip)
-updates the focal length with every resize; depth and masks are resampled with
+Geometry updates the focal length with every resize. The paper's (App. C.4,
+Tab. 16) is the FOV augmentation: with `center_crop_prob` (paper: 50 %) a
+centre crop of the image's own aspect ratio (side / zoom), otherwise the whole
+frame; either is then resized to the square network input anisotropically, as
+`infer` and evaluation resize every image, so training and test geometry agree.
+A random-position square crop (`crop: random_square`) and a horizontal flip
+stay available (off in the paper recipes); depth and masks are resampled with
 nearest neighbour so they are never blurred across boundaries. Photometric
 augmentation (colour jitter, blur, noise, JPEG artefacts) goes through
 albumentations and touches the image only. The target is canonical inverse
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import albumentations as A
 import cv2
@@ -23,15 +29,25 @@ from dp_train.data.schema import Sample
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Training augmentation settings (probabilities are per sample)."""
+    """Training augmentation settings (probabilities are per sample). Defaults are the paper's (Tab. 16)
+    where it gives one; flip, noise and JPEG are not in the paper and default to off."""
 
+    crop: Literal["fov", "random_square"] = "fov"
+    """"fov": the paper's FOV augmentation (centre crop with `center_crop_prob`, else the whole frame);
+    "random_square": a square crop at a random position, side = short image side / zoom."""
+    center_crop_prob: float = 0.5
+    """Share of samples centre-cropped in "fov" mode (paper: 50 %); the rest keep the whole frame."""
     zoom_range: tuple[float, float] = (1.0, 1.5)
-    """Crop side = short image side / zoom; zoom >= 1 keeps the crop inside the image."""
-    flip_prob: float = 0.5
-    color_jitter_prob: float = 0.8
-    blur_prob: float = 0.1
-    noise_prob: float = 0.1
-    jpeg_prob: float = 0.2
+    """Crop side = image side / zoom, zoom drawn uniformly; zoom >= 1 keeps the crop inside the image.
+    The paper gives no crop size for its centre crop: this range is ours."""
+    flip_prob: float = 0.0
+    color_jitter_prob: float = 0.75
+    """Paper: random colour change 75 % (it gives no magnitudes; ours: brightness, contrast, saturation
+    0.25, hue 0.03)."""
+    blur_prob: float = 0.3
+    """Paper: random blur 30 % (kernel ours: Gaussian 3-5 px or motion 3-7 px)."""
+    noise_prob: float = 0.0
+    jpeg_prob: float = 0.0
 
     def __post_init__(self) -> None:
         low, high = self.zoom_range
@@ -189,7 +205,8 @@ def degradation(cfg: AugmentConfig) -> A.Compose:
 
 
 class TrainTransform:
-    """Random crop/zoom, flip and photometric augmentation; deterministic given the per-sample seed."""
+    """FOV augmentation (or random square crop), flip and photometric augmentation; deterministic given
+    the per-sample seed."""
 
     def __init__(self, size: int, cfg: AugmentConfig | None = None) -> None:
         self.size = size
@@ -200,17 +217,25 @@ class TrainTransform:
     def __call__(self, sample: Sample, seed: int) -> View:
         """Augment one sample; `seed` makes the draw reproducible (and resumable) per sample."""
         rng = np.random.default_rng(seed)
-        height, width = sample.depth.shape
-        side = max(1, int(round(min(height, width) / rng.uniform(*self.cfg.zoom_range))))
-        top = int(rng.integers(0, height - side + 1))
-        left = int(rng.integers(0, width - side + 1))
+        box = self.crop_box(rng, *sample.depth.shape)
         flip = bool(rng.random() < self.cfg.flip_prob)
         photometric_seed = int(rng.integers(2**31))
         self.colour_jitter.set_random_seed(photometric_seed)
         self.degradation.set_random_seed(photometric_seed + 1)
-        view = make_view(sample, self.size, (top, left, side, side), flip, self.recolour)
+        view = make_view(sample, self.size, box, flip, self.recolour)
         view.image = self.degradation(image=view.image)["image"]
         return view
+
+    def crop_box(self, rng: np.random.Generator, height: int, width: int) -> tuple[int, int, int, int]:
+        """(top, left, height, width) of the region that becomes the view."""
+        zoom = rng.uniform(*self.cfg.zoom_range)
+        if self.cfg.crop == "random_square":
+            side = max(1, int(round(min(height, width) / zoom)))
+            return int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1)), side, side
+        if rng.random() >= self.cfg.center_crop_prob:
+            return 0, 0, height, width
+        crop_height, crop_width = max(1, int(round(height / zoom))), max(1, int(round(width / zoom)))
+        return (height - crop_height) // 2, (width - crop_width) // 2, crop_height, crop_width
 
     def recolour(self, image: np.ndarray) -> np.ndarray:
         """The colour-jittered image (see `make_view` for where it runs)."""

@@ -2,6 +2,9 @@
 
 Input: a folder of images and a folder of depth maps matched by file stem (flat, not
 recursive), optionally a folder of validity masks (nonzero = valid) and focal lengths.
+Without `--depth`, a focal-only photo set (the FOV stage's, Sec. 3.3 of the paper): every
+sample is a photo with its focal length (from --f-px / --focal-file, else the photo's EXIF,
+see dp_train/data/exif.py) and an all-invalid depth map; photos without one are skipped.
 Depth maps may be .npy, 16-bit .png (value * --png-scale), .pfm or .exr (needs the
 optional OpenEXR package). Every sample is validated; bad ones are skipped and listed
 in `{prefix}.skipped.txt`; a summary goes to stdout and `{prefix}.report.json`.
@@ -26,6 +29,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from dp_train.data.exif import NoFocal, focal_px_from_exif
 from dp_train.data.schema import (
     DEPTH_FORMATS,
     IMAGE_FORMATS,
@@ -67,7 +71,8 @@ class Options:
     """Settings shared by every sample of a run."""
 
     dataset: str
-    units: str
+    units: str | None
+    """None: a focal-only photo set (no depth maps)."""
     synthetic: bool
     sparse: bool
     png_scale: float | None
@@ -77,12 +82,12 @@ class Options:
 
 @dataclass(frozen=True)
 class Job:
-    """One image/depth pair to convert."""
+    """One image/depth pair to convert (depth None: a photo of a focal-only set)."""
 
     stem: str
     key: str
     image: Path
-    depth: Path
+    depth: Path | None
     mask: Path | None
     f_px: float | None
 
@@ -268,22 +273,25 @@ def count_problem(what: str, files: list[Path]) -> str | None:
 
 def find_jobs(
     images_dir: Path,
-    depth_dir: Path,
+    depth_dir: Path | None,
     mask_dir: Path | None,
     f_px: float | None,
     focal: dict[str, float] | None,
     focal_name: str = "the focal file",
 ) -> tuple[list[Job], list[tuple[str, str]]]:
-    """Match files by stem: (jobs in sorted stem order, [(stem, reason)] for unusable stems)."""
+    """Match files by stem: (jobs in sorted stem order, [(stem, reason)] for unusable stems). Without
+    `depth_dir` every image is a job of a focal-only photo set."""
     images = files_by_stem(images_dir, IMAGE_EXTS)
-    depths = files_by_stem(depth_dir, DEPTH_EXTS)
+    depths = files_by_stem(depth_dir, DEPTH_EXTS) if depth_dir else {}
     masks = files_by_stem(mask_dir, MASK_EXTS) if mask_dir else {}
     jobs: list[Job] = []
     skipped: list[tuple[str, str]] = []
     key_owner: dict[str, str] = {}
     for stem in sorted(images.keys() | depths.keys()):
         key = sanitize_key(stem)
-        candidates = {"image": images.get(stem, []), "depth": depths.get(stem, [])}
+        candidates = {"image": images.get(stem, [])}
+        if depth_dir:
+            candidates["depth"] = depths.get(stem, [])
         if mask_dir:
             candidates["mask"] = masks.get(stem, [])
         reason = next(filter(None, (count_problem(w, f) for w, f in candidates.items())), None)
@@ -296,7 +304,7 @@ def find_jobs(
             continue
         key_owner[key] = stem
         mask = candidates["mask"][0] if mask_dir else None
-        jobs.append(Job(stem, key, images[stem][0], depths[stem][0], mask,
+        jobs.append(Job(stem, key, images[stem][0], depths[stem][0] if depth_dir else None, mask,
                         focal[stem] if focal is not None else f_px))
     return jobs, skipped
 
@@ -331,6 +339,8 @@ def convert_one(job: Job, opts: Options) -> Result:
 
 def _convert(job: Job, opts: Options) -> tuple[dict[str, bytes | str], SampleStats]:
     """convert_one without the error handling."""
+    if job.depth is None:
+        return _convert_photo(job, opts)
     image = read_or_skip(job.image, read_image)
     depth = read_or_skip(job.depth, functools.partial(read_depth, png_scale=opts.png_scale))
     if depth.ndim == 3 and depth.shape[2] == 1:
@@ -354,8 +364,26 @@ def _convert(job: Job, opts: Options) -> tuple[dict[str, bytes | str], SampleSta
     return raw, sample_stats(sample.depth[sample.valid], w, h, job.f_px)
 
 
+def _convert_photo(job: Job, opts: Options) -> tuple[dict[str, bytes | str], SampleStats]:
+    """A photo of a focal-only set: the image, its focal length and an all-invalid depth map."""
+    image = read_or_skip(job.image, read_image)
+    h, w = image.shape[:2]
+    f_px = job.f_px
+    if f_px is None:
+        try:
+            f_px = focal_px_from_exif(job.image)
+        except NoFocal as err:
+            raise SkipSample(str(err)) from None
+    meta = SampleMeta(opts.dataset, f_px, False, opts.synthetic, opts.sparse)
+    sample = make_sample(job.key, image, np.zeros((h, w), np.float32), meta)
+    raw = encode_sample(sample, opts.depth_format, opts.image_format)
+    return raw, sample_stats(np.zeros(0, np.float32), w, h, f_px)
+
+
 def sample_stats(values: np.ndarray, width: int, height: int, f_px: float | None) -> SampleStats:
-    """Statistics of one sample's valid depth values."""
+    """Statistics of one sample's valid depth values (none: a sample without depth)."""
+    if not values.size:
+        return SampleStats(width, height, 0, math.inf, -math.inf, np.zeros(N_BINS, np.int64), f_px)
     log = np.log10(values.astype(np.float64))
     bins = np.clip(((log - LOG10_LO) * BINS_PER_DECADE).astype(np.int64), 0, N_BINS - 1)
     hist = np.bincount(bins, minlength=N_BINS)
@@ -490,6 +518,11 @@ def _prepare(args: argparse.Namespace) -> tuple[Options, list[Job], list[tuple[s
     """Check the arguments and inputs and match the files; raises ConvertError."""
     images_dir, depth_dir = _check_dir(args.images, "--images"), _check_dir(args.depth, "--depth")
     mask_dir = _check_dir(args.mask_dir, "--mask-dir")
+    if depth_dir is not None and args.units is None:
+        raise ConvertError("--units is required with --depth (m, cm, mm, disparity or relative)")
+    if depth_dir is None and (args.units, args.mask_dir, args.png_scale) != (None, None, None):
+        raise ConvertError("--units, --mask-dir and --png-scale describe depth maps: a photo set (no --depth) "
+                           "has none")
     for flag, value in (("--f-px", args.f_px), ("--png-scale", args.png_scale)):
         if value is not None and not (math.isfinite(value) and value > 0):
             raise ConvertError(f"{flag} must be positive, got {value}")
@@ -498,10 +531,12 @@ def _prepare(args: argparse.Namespace) -> tuple[Options, list[Job], list[tuple[s
     check_output(Path(args.out), args.prefix or args.dataset)
     focal = read_focal_file(Path(args.focal_file)) if args.focal_file else None
     jobs, skipped = find_jobs(images_dir, depth_dir, mask_dir, args.f_px, focal, str(args.focal_file))
+    if not jobs and depth_dir is None:
+        raise ConvertError(f"no images in {images_dir} ({', '.join(IMAGE_EXTS)})")
     if not jobs:
         raise ConvertError(f"no usable image/depth pairs: no image in {images_dir} has a depth map "
                            f"with the same file stem in {depth_dir} ({len(skipped)} unmatched files)")
-    suffixes = {j.depth.suffix.lower() for j in jobs}
+    suffixes = {j.depth.suffix.lower() for j in jobs if j.depth is not None}
     if ".png" in suffixes and args.png_scale is None:
         raise ConvertError(f"depth maps in {depth_dir} are 16-bit PNGs: give --png-scale "
                            "(depth units per PNG count, e.g. 0.001 with --units m for millimetre PNGs)")
@@ -560,8 +595,10 @@ def convert(args: argparse.Namespace) -> int:
         collect_results(tqdm(results, total=len(jobs), unit="sample", desc=opts.dataset, disable=None),
                         writer, report, skipped)
     skipped.sort()
-    metric, depth_kind, _ = UNITS[opts.units]
+    metric, depth_kind, _ = UNITS[opts.units] if opts.units else (False, None, 1.0)
     summary = report.summary()
+    if opts.units is None:
+        summary |= {"depth": None, "mean_valid_share": None}
     result = {
         "dataset": opts.dataset, "units": opts.units, "metric": metric, "depth_kind": depth_kind,
         "synthetic": opts.synthetic, "sparse": opts.sparse,
@@ -577,17 +614,20 @@ def build_parser() -> argparse.ArgumentParser:
     """The make_shards command line."""
     p = argparse.ArgumentParser(
         prog="make_shards",
-        description="Convert a folder of images + depth maps (matched by file stem) into "
+        description="Convert a folder of images + depth maps (matched by file stem), or of photos with a "
+                    "focal length only (no --depth: the FOV stage's photo sets, focal from EXIF), into "
                     "webdataset shards for dp_train. See shards/README.md.",
     )
     p.add_argument("--images", required=True, metavar="DIR", help="folder of RGB images")
-    p.add_argument("--depth", required=True, metavar="DIR",
-                   help="folder of depth maps: .npy, 16-bit .png (needs --png-scale), .pfm, .exr")
+    p.add_argument("--depth", metavar="DIR",
+                   help="folder of depth maps: .npy, 16-bit .png (needs --png-scale), .pfm, .exr; without it, "
+                        "a focal-only photo set: f_px from --f-px / --focal-file, else each photo's EXIF "
+                        "(35 mm equivalent, else focal length and sensor resolution); photos without are skipped")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder for the shards")
     p.add_argument("--dataset", required=True, metavar="NAME", help="dataset name stored in every sample")
     p.add_argument("--prefix", metavar="NAME", help="shard file prefix (default: --dataset)")
-    p.add_argument("--units", required=True, choices=list(UNITS),
-                   help="what the depth values are: m, cm, mm (converted to metres), or "
+    p.add_argument("--units", choices=list(UNITS),
+                   help="with --depth: what the depth values are: m, cm, mm (converted to metres), or "
                         "disparity / relative (non-metric sources); no default on purpose")
     focal = p.add_mutually_exclusive_group()
     focal.add_argument("--f-px", type=float, metavar="F", help="focal length in pixels, all images")

@@ -98,6 +98,9 @@ class DepthDataModule(L.LightningDataModule):
         test_sources: benchmark datasets for `test` (read like validation).
         image_size: network input side (4 x the ViT input).
         batch_size: per-rank batch size.
+        global_batch_size: samples per optimizer step over all ranks (paper, Tab. 16: 128). Sets the trainer's
+            gradient accumulation to global / (world size x batch_size), so one recipe keeps its batch on 8, 16
+            or 64 GPUs; it must divide exactly. None: the trainer's `accumulate_grad_batches` stands.
         samples_per_epoch: samples in one training epoch over all ranks.
         num_workers: dataloader workers per rank.
         worker_start_method: multiprocessing start method of the workers: "fork", "spawn", "forkserver",
@@ -117,6 +120,7 @@ class DepthDataModule(L.LightningDataModule):
         test_sources: list[SourceConfig] | None = None,
         image_size: int = 1536,
         batch_size: int = 1,
+        global_batch_size: int | None = None,
         val_batch_size: int | None = None,
         samples_per_epoch: int = 10_000,
         num_workers: int = 4,
@@ -133,6 +137,7 @@ class DepthDataModule(L.LightningDataModule):
         self.test_sources = list(test_sources or [])
         self.image_size = image_size
         self.batch_size = batch_size
+        self.global_batch_size = global_batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.samples_per_epoch = samples_per_epoch
         self.num_workers = num_workers
@@ -156,9 +161,28 @@ class DepthDataModule(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
+    def gradient_accumulation(self, trainer: L.Trainer) -> int:
+        """Batches per optimizer step that make `global_batch_size` on `trainer`'s ranks (its own setting
+        without one); a global batch that does not divide, or that contradicts an explicit
+        `trainer.accumulate_grad_batches`, is a ValueError naming both."""
+        if self.global_batch_size is None:
+            return trainer.accumulate_grad_batches
+        per_step = trainer.world_size * self.batch_size
+        if self.global_batch_size % per_step:
+            raise ValueError(f"data.global_batch_size={self.global_batch_size} is not a multiple of world size "
+                             f"{trainer.world_size} x data.batch_size {self.batch_size} = {per_step}")
+        accumulation = self.global_batch_size // per_step
+        if trainer.accumulate_grad_batches not in (1, accumulation):
+            raise ValueError(f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches} contradicts "
+                             f"data.global_batch_size={self.global_batch_size} (which needs {accumulation}); set one")
+        return accumulation
+
     def setup(self, stage: str | None = None) -> None:
-        """Build the streams and hand them this process's rank (workers must not look it up)."""
+        """Set the gradient accumulation (fit with `global_batch_size`), build the streams and hand them this process's rank (workers
+        must not look it up)."""
         rank, world_size = self._distribution()
+        if stage == "fit" and self.trainer is not None and self.global_batch_size is not None:
+            self.trainer.accumulate_grad_batches = self.gradient_accumulation(self.trainer)
         for source in self.train_sources + self.val_sources + self.test_sources:
             source.check_local_shards()
         common = {"seed": self.seed, "max_bad_fraction": self.max_bad_fraction}

@@ -1,17 +1,14 @@
-"""Training objectives on canonical inverse depth, all masked by valid pixels and computed per image.
+"""The loss terms on canonical inverse depth, each masked by valid pixels and computed per image.
 
-Stage 1: MAE for metric samples, scale-and-shift-invariant MAE for relative
-ones, with the worst `trim_fraction` of pixels per real-world image discarded.
-Stage 2 adds derivative losses on a multi-scale pyramid: MAGE (mean absolute
-gradient error), MALE (mean absolute Laplacian error) and MSGE (mean squared
-gradient error). Every function returns one value per image plus whether the
-image had anything to measure, so that an image without valid pixels gives a
-finite loss with zero gradient instead of NaN.
+Pixelwise: MAE and MSE (optionally trimmed: the worst share of pixels per image dropped),
+SSI-MAE (both maps normalised by median and mean absolute deviation first). Derivative terms on
+a multi-scale pyramid: MAGE (mean absolute gradient error), MALE (mean absolute Laplacian error)
+and MSGE (mean squared gradient error). Every function returns one value per image plus whether
+the image had anything to measure, so that an image without valid pixels gives a finite loss
+with zero gradient instead of NaN. Which term applies to which sample is dp_train.losses.objective.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -19,21 +16,12 @@ import torch.nn.functional as F
 EPS = 1e-6
 
 SCHARR_X = torch.tensor([[-3.0, 0.0, 3.0], [-10.0, 0.0, 10.0], [-3.0, 0.0, 3.0]]) / 32.0
-"""Scharr first derivative (normalised to unit gain on a ramp): more rotation-invariant than Sobel,
-so boundaries at every orientation are penalised alike."""
+"""Scharr first derivative: more rotation-invariant than Sobel, so boundaries at every orientation are
+penalised alike. The paper names Scharr but not its normalisation; ours (/32) has unit gain on a ramp,
+so MAGE is in inverse-depth units per pixel, comparable with MAE at equal weight (the raw kernel would
+make MAGE 32x and MSGE 1024x larger at the same weight)."""
 LAPLACE = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
 """5-point Laplacian: the smallest isotropic second-derivative stencil, sharp at one-pixel edges."""
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    """Weight of each objective term; a stage of the curriculum is one setting of these."""
-
-    mae: float = 1.0
-    """MAE on canonical inverse depth (metric) or SSI-MAE (relative)."""
-    mage: float = 0.0
-    male: float = 0.0
-    msge: float = 0.0
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,6 +72,11 @@ def mae(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, trim_frac
     return trimmed_mean((pred - target).abs(), valid, trim_fraction)
 
 
+def mse(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, trim_fraction=0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image mean squared error over valid pixels, worst `trim_fraction` discarded."""
+    return trimmed_mean((pred - target).square(), valid, trim_fraction)
+
+
 def ssi_mae(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, trim_fraction=0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale-and-shift-invariant MAE: both maps normalised per image by median and mean absolute deviation."""
     return mae(ssi_normalize(pred, valid), ssi_normalize(target, valid), valid, trim_fraction)
@@ -115,7 +108,7 @@ def pyramid(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, scale
 
 
 def derivative_losses(
-    pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, scales: int = 4
+    pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, scales: int = 6
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per-image MAGE, MALE and MSGE averaged over a `scales`-level pyramid.
 
@@ -140,60 +133,3 @@ def _mean_over_scales(levels: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[
     present = torch.stack([p for _, p in levels]).to(values.dtype)
     count = present.sum(0)
     return (values * present).sum(0) / count.clamp(min=1), count > 0
-
-
-def depth_objective(
-    pred: torch.Tensor,
-    target: torch.Tensor,
-    valid: torch.Tensor,
-    metric: torch.Tensor,
-    synthetic: torch.Tensor,
-    sparse: torch.Tensor,
-    weights: LossWeights,
-    trim_fraction: float = 0.2,
-    scales: int = 4,
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """The full depth objective with per-sample loss selection.
-
-    Metric samples use MAE on canonical inverse depth, relative ones SSI-MAE
-    (their derivative losses are taken on the normalised maps too); real-world
-    samples drop their worst `trim_fraction` pixels; sparse (LiDAR) samples get
-    no derivative losses. Returns the batch terms {"loss", "mae", "mage", ...}
-    (each averaged over the images it applies to) and the per-image weighted
-    loss (B,) for per-source logging.
-    """
-    pred, target = pred.float(), target.float()
-    relative = ~metric
-    norm_pred = torch.where(relative.view(-1, 1, 1, 1), ssi_normalize(pred, valid), pred)
-    norm_target = torch.where(relative.view(-1, 1, 1, 1), ssi_normalize(target, valid), target)
-    trim = torch.where(synthetic, 0.0, trim_fraction).to(pred)
-    terms = {"mae": mae(norm_pred, norm_target, valid, trim)}
-    if weights.mage or weights.male or weights.msge:
-        derivative = derivative_losses(norm_pred, norm_target, valid, scales)
-        terms |= {name: (value, present & ~sparse) for name, (value, present) in derivative.items()}
-    per_image = torch.zeros_like(trim)
-    logged = {}
-    for name, (value, applies) in terms.items():
-        weight = getattr(weights, name)
-        applies = applies.to(value.dtype)
-        logged[name] = (value * applies).sum() / applies.sum().clamp(min=1)
-        per_image = per_image + weight * value * applies
-    logged["loss"] = sum(getattr(weights, name) * logged[name] for name in terms)
-    return logged, per_image
-
-
-def fov_objective(fov_deg: torch.Tensor, f_px: torch.Tensor, width: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """FOV head objective: L1 on log focal length, over samples with a known focal only.
-
-    The focal length implied by the predicted horizontal FOV is compared in log
-    space, where an error means the same relative metric-depth error (D is
-    proportional to f) whatever the focal length. Samples without `f_px` are
-    excluded, never guessed. Returns ({"loss", "log_focal"}, per-image loss).
-    """
-    known = torch.isfinite(f_px) & (f_px > 0)
-    half_angle = torch.deg2rad(fov_deg.float().clamp(1.0, 179.0)) / 2
-    pred_f = 0.5 * width / torch.tan(half_angle)
-    error = (pred_f.log() - f_px.clamp(min=EPS).log()).abs()
-    per_image = torch.where(known, error, torch.zeros_like(error))
-    loss = per_image.sum() / known.sum().clamp(min=1)
-    return {"loss": loss, "log_focal": loss.detach()}, per_image

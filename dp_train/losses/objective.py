@@ -1,0 +1,151 @@
+"""The depth objective as a table: term -> weight and the kinds of sample it applies to.
+
+A recipe (or a curriculum stage) sets one `Objective`. Each of its five terms (MAE, MSE, MAGE,
+MALE, MSGE; Sec. 3.2 of the paper) is a `Term`: a weight, which samples it applies to (metric /
+non-metric, real / synthetic) and whether it is scale-and-shift invariant (SSI) on metric samples
+too. The paper's stages are rows of this table (Tab. 17, conditions of Tab. 11-13):
+
+    stage 1 (1C): mae: 1.0                                   (SSI-MAE on non-metric samples)
+                  mage: {weight: 1.0, real: false, ssi: true} (SSI-MAGE on synthetic samples only)
+    stage 2 (2A): mae, mse, mage, male, msge: 1.0           (on synthetic metric data)
+
+Fixed rules, not options: non-metric samples are always compared after SSI normalisation (their
+ground truth has no scale or shift to match); sparse (LiDAR) samples never get derivative terms
+(a derivative needs all its neighbours); the pixelwise terms (MAE, MSE) of real-world samples drop
+the worst `trim_fraction` of pixels per image (Sec. 3.2), synthetic ones keep every pixel.
+
+Choices the paper leaves open, and ours:
+- SSI for derivative terms: each map is normalised (median, mean absolute deviation; as SSI-MAE,
+  Ranftl et al.) once at full resolution, and then differentiated. Derivatives ignore the shift,
+  so this divides each map's gradients by its own scale: one normalisation for every SSI term.
+- Kernel normalisation: Scharr / 32 (unit gain on a ramp), see dp_train.losses.terms.
+- Weights: 1.0 for every term in the paper recipes; the paper publishes none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+from dp_train.losses.terms import derivative_losses, mae, mse, ssi_normalize
+
+PIXEL_TERMS = {"mae": mae, "mse": mse}
+"""Pixelwise terms: name -> per-image function (pred, target, valid, trim_fraction)."""
+DERIVATIVE_TERMS = ("mage", "male", "msge")
+"""Multi-scale derivative terms (Eq. 2), computed together by `derivative_losses`."""
+
+
+@dataclass(frozen=True)
+class Term:
+    """One row of the objective table: a weight and the samples the term applies to."""
+
+    weight: float = 1.0
+    metric: bool = True
+    """Applies to metric samples."""
+    non_metric: bool = True
+    """Applies to non-metric (relative) samples; they are always compared after SSI normalisation."""
+    real: bool = True
+    """Applies to real-world samples."""
+    synthetic: bool = True
+    """Applies to synthetic samples."""
+    ssi: bool = False
+    """Scale-and-shift invariant on metric samples too (the paper's stage-1 SSI-MAGE, condition 1C)."""
+
+    def applies(self, metric: torch.Tensor, synthetic: torch.Tensor) -> torch.Tensor:
+        """(B,) bool: which samples of a batch this term applies to, from their kind flags."""
+        by_metric = torch.where(metric, self.metric, self.non_metric)
+        return by_metric & torch.where(synthetic, self.synthetic, self.real)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The depth objective's table. A bare number is shorthand for `{weight: number}` (every sample).
+
+    A dotted override of one field (`--model.loss.mage.ssi=true`) of a term given as a number starts
+    from `Term`'s defaults (weight 1.0): give such a term as a mapping in the recipe. A recipe layered
+    on another merges a term's mapping into the one below: write every field of a term you replace
+    (recipes/ablations/ do).
+    """
+
+    mae: Term | float = 1.0
+    """Mean absolute error on canonical inverse depth (Eq. 1)."""
+    mse: Term | float = 0.0
+    """Mean squared error (stage 2, condition 2A)."""
+    mage: Term | float = 0.0
+    """Mean absolute Scharr-gradient error over the pyramid (L_{S,1,M})."""
+    male: Term | float = 0.0
+    """Mean absolute Laplacian error over the pyramid (L_{L,1,M})."""
+    msge: Term | float = 0.0
+    """Mean squared Scharr-gradient error over the pyramid (L_{S,2,M})."""
+
+    def __post_init__(self) -> None:
+        """Refuse negative weights, naming the term."""
+        for name, term in self.terms().items():
+            if term.weight < 0:
+                raise ValueError(f"loss.{name}.weight must be >= 0, got {term.weight}")
+
+    def terms(self) -> dict[str, Term]:
+        """Every term as a `Term` (number shorthand expanded), by name."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: Term(weight=float(v)) if isinstance(v, (int, float)) else v for name, v in values.items()}
+
+    def rows(self) -> dict[str, Term]:
+        """The terms to compute: every weighted term, and MAE always (logged as the run's health signal)."""
+        return {name: term for name, term in self.terms().items() if name == "mae" or term.weight}
+
+
+def depth_objective(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    valid: torch.Tensor,
+    metric: torch.Tensor,
+    synthetic: torch.Tensor,
+    sparse: torch.Tensor,
+    objective: Objective,
+    trim_fraction: float = 0.2,
+    scales: int = 6,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The depth objective with per-sample term selection from `objective`'s table.
+
+    Returns the batch terms {"loss", "mae", ...} (each averaged over the images it applies to;
+    "loss" is their weighted sum) and the per-image weighted loss (B,) for per-source logging.
+    """
+    pred, target = pred.float(), target.float()
+    maps = _SampleMaps(pred, target, valid, metric, sparse, scales)
+    trim = torch.where(synthetic, 0.0, trim_fraction).to(pred)
+    per_image = torch.zeros_like(trim)
+    logged = {}
+    for name, term in objective.rows().items():
+        value, present = maps.term(name, term.ssi, trim)
+        applies = (present & term.applies(metric, synthetic)).to(value.dtype)
+        logged[name] = (value * applies).sum() / applies.sum().clamp(min=1)
+        per_image = per_image + term.weight * value * applies
+    logged["loss"] = sum(term.weight * logged[name] for name, term in objective.rows().items())
+    return logged, per_image
+
+
+class _SampleMaps:
+    """A batch's prediction and target, raw and SSI-normalised, with derivative terms computed once per variant."""
+
+    def __init__(self, pred, target, valid, metric, sparse, scales: int) -> None:
+        self.raw = (pred, target)
+        self.normalised = (ssi_normalize(pred, valid), ssi_normalize(target, valid))
+        self.valid, self.metric, self.sparse, self.scales = valid, metric, sparse, scales
+        self._derivatives: dict[bool, dict] = {}
+
+    def pair(self, ssi: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pred, target) per sample: normalised for non-metric samples, and for every sample when `ssi`."""
+        if ssi:
+            return self.normalised
+        relative = (~self.metric).view(-1, 1, 1, 1)
+        return tuple(torch.where(relative, n, r) for n, r in zip(self.normalised, self.raw))
+
+    def term(self, name: str, ssi: bool, trim: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image value of term `name` and whether it could be measured on each image."""
+        if name in PIXEL_TERMS:
+            return PIXEL_TERMS[name](*self.pair(ssi), self.valid, trim)
+        if ssi not in self._derivatives:
+            self._derivatives[ssi] = derivative_losses(*self.pair(ssi), self.valid, self.scales)
+        value, present = self._derivatives[ssi][name]
+        return value, present & ~self.sparse
