@@ -141,7 +141,9 @@ class DepthDataModule(L.LightningDataModule):
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def setup(self, stage: str | None = None) -> None:
-        """Build the streams and hand them this process's rank (workers must not look it up)."""
+        """Build the streams and hand them this process's rank (workers must not look it up). `test` and
+        `validate` evaluate against ground truth at its own resolution; validation during `fit` against
+        ground truth resized (nearest) to the network input, which is cheaper."""
         rank, world_size = self._distribution()
         for source in self.train_sources + self.val_sources + self.test_sources:
             source.check_local_shards()
@@ -159,6 +161,10 @@ class DepthDataModule(L.LightningDataModule):
         for stream in (self.train_stream, self.val_stream, self.test_stream):
             if stream is not None:
                 stream.set_distributed(rank, world_size)
+        if self.val_stream is not None:  # validation inside `fit` stays at network resolution (cheaper)
+            self.val_stream.native_truth = stage == "validate"
+        if self.test_stream is not None:
+            self.test_stream.native_truth = True
 
     def _start_method(self) -> str | None:
         """The workers' start method: "auto" resolved for this run's world size."""
