@@ -10,8 +10,10 @@ with a matte); predicted and
 true focal length; the absolute relative error binned by ground-truth depth;
 and the worst images by AbsRel as RGB | GT | prediction | error panels. At the
 end everything is gathered to rank 0, which writes into `out_dir`:
-`report.md`, `per_image.csv`, `per_dataset.csv`, `error_vs_depth.csv` and the
-PNG plots linked from the report.
+`report.md`, `per_image.csv`, `per_dataset.csv`, `error_vs_depth.csv`, the
+PNG plots linked from the report, and the paper's Tab. 1-4 for the benchmarks
+evaluated, beside the paper's numbers (dp_train/paper_tables.py), in report.md
+and as `paper_<table>.csv`.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from dp_train.metrics import (
     si_boundary_f1_per_threshold,
     si_boundary_recall,
 )
+from dp_train.paper_tables import PaperTable, paper_tables
 from dp_train.resume import gather_per_rank
 from dp_train.visualize import depth_panel
 
@@ -375,16 +378,39 @@ SUMMARY_TABLE = [
 """Columns of report.md's main table: header, `per_dataset.csv` column, shown as a percentage."""
 
 
+def paper_markdown(tables: list[tuple[PaperTable, list[str], list[Row]]]) -> list[str]:
+    """report.md's section with the paper's tables (values with the paper's decimals, '–' where missing)."""
+    if not tables:
+        return []
+    lines = ["", "## The paper's tables", "",
+             f"This checkpoint beside the paper's Depth Pro, for the benchmarks evaluated (`paper_<table>.csv`). "
+             "Comparable only where the data and protocol are the paper's: see the README, \"Evaluation\".", ""]
+    for table, header, rows in tables:
+        lines += [f"### {table.title}", ""]
+        lines += _table(header, [[_paper_cell(row[c], 2 if c == "avg. rank" else table.digits) for c in header]
+                                 for row in rows]) + [""]
+    return lines[:-1]
+
+
+def _paper_cell(value: Any, digits: int) -> str:
+    """A cell of a paper table: fixed decimals, '–' for NaN, text as it is."""
+    return _fmt(value) if isinstance(value, str) or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
 def markdown_report(summary: list[Row], edges_m: np.ndarray, curves: dict[str, np.ndarray], worst: list[Row],
-                    plots: list[str]) -> str:
-    """report.md: the per-dataset table, the error-vs-depth table, the worst images and links to the plots."""
+                    plots: list[str], tables: list[tuple[PaperTable, list[str], list[Row]]] = ()) -> str:
+    """report.md: the per-dataset table, the paper's tables, the error-vs-depth table, the worst images and
+    links to the plots."""
     lines = ["# Evaluation report", "",
              "Metric depth with the ground-truth focal length, and with the FOV head's predicted focal length "
-             "(\"pred. f\"). Means over images; boundary F1 on dense depth ground truth only, boundary recall on "
-             "images with a matte; '–': not applicable. Per image: [per_image.csv](per_image.csv), per dataset: "
+             "(\"pred. f\"), at the ground truth's own resolution (the prediction resized bilinearly to it), "
+             "inside each source's `depth_range`. Means over images; boundary F1 on metric, non-sparse depth ground "
+             "truth (neighbour pairs with an invalid pixel left out), boundary recall on images with a matte; "
+             "'–': not applicable. Per image, with every metric: [per_image.csv](per_image.csv), per dataset: "
              "[per_dataset.csv](per_dataset.csv).", ""]
     lines += _table(["dataset"] + [h for h, _, _ in SUMMARY_TABLE],
                     [[s["dataset"]] + [_fmt(s[c], pct) for _, c, pct in SUMMARY_TABLE] for s in summary])
+    lines += paper_markdown(list(tables))
     if edges_m.size > 1:
         bins = [f"{a:.3g}–{b:.3g} m" for a, b in zip(edges_m[:-1], edges_m[1:])]
         lines += ["", "## AbsRel by ground-truth depth", ""]
@@ -404,12 +430,15 @@ def write_report(out_dir: Path, rows: list[Row], datasets: list[str], histograms
     summary = summarize(rows, datasets)
     write_csv(out_dir / "per_image.csv", rows, IMAGE_COLUMNS)
     write_csv(out_dir / "per_dataset.csv", summary, DATASET_COLUMNS)
+    tables = paper_tables(summary)
+    for table, header, table_rows in tables:
+        write_csv(out_dir / f"paper_{table.name}.csv", table_rows, header)
     edges = coarse_depth_edges(histograms, depth_bins)
     curves = error_vs_depth({n: histograms[n] for n in datasets if n in histograms}, edges) if edges.size else {}
     edges_m = FINE_DEPTH_EDGES[edges]
     _write_depth_csv(out_dir / "error_vs_depth.csv", edges_m, curves)
     plots = _write_plots(out_dir, rows, datasets, summary, edges_m, curves, worst)
-    (out_dir / "report.md").write_text(markdown_report(summary, edges_m, curves, worst, plots))
+    (out_dir / "report.md").write_text(markdown_report(summary, edges_m, curves, worst, plots, tables))
 
 
 def _write_depth_csv(path: Path, edges_m: np.ndarray, curves: dict[str, np.ndarray]) -> None:
