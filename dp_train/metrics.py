@@ -98,7 +98,8 @@ def depth_metrics(
         `DEPTH_METRIC_NAMES`, each a (B,) tensor (at least float32): AbsRel mean
         |p-g|/g; delta1/2/3 the share of max(p/g, g/p) < 1.25, 1.25^2, 1.25^3;
         RMSE sqrt(mean (p-g)^2); log10 mean |log10 p - log10 g|; SI-Log
-        100 * sqrt(mean e^2 - (mean e)^2) with e = ln p - ln g (the usual
+        100 * sqrt(mean e^2 - (mean e)^2) with e = ln p - ln g (computed as the
+        standard deviation of e about its mean, which keeps float32 accurate; the usual
         scale-invariant log error, Eigen et al. with lambda = 1, in percent: the
         paper names SI-Log without a formula, and its Tab. 4 values are of this
         size). Images without a valid pixel get NaN.
@@ -122,7 +123,7 @@ def depth_metrics(
         "log10": image_mean((torch.log10(p) - torch.log10(g)).abs()),
         "delta2": image_mean((ratio < 1.25**2).to(dtype)),
         "delta3": image_mean((ratio < 1.25**3).to(dtype)),
-        "silog": 100 * (image_mean(log_error.square()) - image_mean(log_error).square()).clamp_min(0).sqrt(),
+        "silog": 100 * image_mean((log_error - image_mean(log_error)[..., None, None]).square()).sqrt(),
     }
 
 
