@@ -14,8 +14,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.test_convert_public import COLS, H, ROWS, W, check, pattern, read_jpeg, run, shards, skip_list, \
-    write_png, write_text
+from tests.test_convert_public import (
+    COLS,
+    H,
+    ROWS,
+    W,
+    check,
+    pattern,
+    read_jpeg,
+    run,
+    shards,
+    skip_list,
+    write_png,
+    write_text,
+)
 
 h5py = pytest.importorskip("h5py")
 
@@ -181,6 +193,16 @@ def test_nuscenes_projects_lidar_into_the_camera(tmp_path):
     image = read_jpeg(tmp_path / "nuscenes" / "samples" / "CAM_FRONT" / "s1__CAM_FRONT.jpg")
     check(samples["s1__CAM_FRONT"], image, expected, 10.0, (True, False, True))
     assert skip_list(tmp_path / "out", "nuscenes")["s2__CAM_FRONT"].endswith("s2.pcd.bin")
+
+
+@pytest.mark.parametrize(("table", "content"), [("sensor", None), ("ego_pose", "{not json")])
+def test_a_missing_or_malformed_nuscenes_table_is_one_error_line(tmp_path, capsys, table, content):
+    write_nuscenes(tmp_path / "nuscenes", np.ones((H, W)))
+    path = tmp_path / "nuscenes" / "v1.0-mini" / f"{table}.json"
+    path.unlink() if content is None else path.write_text(content)
+    assert run("nuscenes", tmp_path / "nuscenes", tmp_path / "out", "--version", "v1.0-mini") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and f"{table}.json" in err
 
 
 # ----------------------------------------------------------------------------- focal-length photo folders

@@ -160,6 +160,8 @@ def test_the_paper_tables_are_written_alike_by_one_and_two_ranks(tmp_path_factor
     assert float(tab1[-1]["sintel"]) == 40.0
     per_dataset = {r["dataset"]: r for r in read_csv(runs[1] / "report" / "per_dataset.csv")}
     assert float(tab1[0]["sintel"]) == pytest.approx(100 * float(per_dataset["sintel"]["delta1"]), rel=1e-9)
+    # Boundary F1 on every metric image, also those with invalid pixels (open sky, outside the depth range).
+    assert all(r["boundary_f1"] for r in read_csv(runs[1] / "report" / "per_image.csv") if r["dataset"] == "sintel")
     assert [row["method"] for row in one["paper_tab3_focal.csv"]] == ["this checkpoint", "Depth Pro (paper)"]
     for name, rows in one.items():
         assert [list(row) for row in two[name]] == [list(row) for row in rows], name

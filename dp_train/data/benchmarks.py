@@ -17,11 +17,26 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dp_train.data.convert import IMAGE_EXTS, ConvertError, SkipSample, positive_number, read_image, read_mask, \
-    read_or_skip
+from dp_train.data.convert import (
+    IMAGE_EXTS,
+    ConvertError,
+    SkipSample,
+    positive_number,
+    read_image,
+    read_mask,
+    read_or_skip,
+)
 from dp_train.data.exif import exif_focal_px
-from dp_train.data.formats import FormatInfo, Item, Loaded, Skipped, _missing, _require_dir, _skip_group, \
-    import_h5py
+from dp_train.data.formats import (
+    FormatInfo,
+    Item,
+    Loaded,
+    Skipped,
+    _missing,
+    _require_dir,
+    _skip_group,
+    import_h5py,
+)
 from dp_train.data.schema import sanitize_key
 
 BENCHMARK_FORMATS: dict[str, FormatInfo] = {

@@ -107,8 +107,8 @@ def _table(folder: Path, name: str) -> dict[str, dict[str, Any]]:
     try:
         return {record["token"]: record for record in json.loads(path.read_text())}
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ConvertError(f"{path}: not a nuScenes {name} table ({getattr(err, 'strerror', None) or err})") \
-            from None
+        reason = getattr(err, "strerror", None) or err
+        raise ConvertError(f"{path}: not a nuScenes {name} table ({reason})") from None
 
 
 def find_nuscenes(root: Path, version: str = "v1.0-trainval", channel: str = "CAM_FRONT") -> tuple[list[Item], Skipped]:
@@ -129,8 +129,8 @@ def find_nuscenes(root: Path, version: str = "v1.0-trainval", channel: str = "CA
             continue
         camera, lidar = frames[channel], frames.get("LIDAR_TOP")
         key = sanitize_key(Path(camera["filename"]).name.split(".")[0])
-        reason = "no LIDAR_TOP key frame in its sample" if lidar is None else \
-            _missing([root / camera["filename"], root / lidar["filename"]])
+        reason = ("no LIDAR_TOP key frame in its sample" if lidar is None
+                  else _missing([root / camera["filename"], root / lidar["filename"]]))
         if reason:
             skipped.append((key, reason))
             continue
