@@ -62,6 +62,12 @@ def test_boundary_focal_and_other_metric_tables():
     assert rows[-1]["middlebury AbsRel"] == 0.251 and rows[-1]["middlebury SI-Log"] == 8.61
 
 
+def test_tab18_compares_the_image_counts():
+    header, rows = tables_by_name([summary_row("ibims", n_images=99)])["tab18_images"]
+    assert header == ["method", "ibims"]
+    assert [row["ibims"] for row in rows] == [99.0, 100]
+
+
 def test_every_table_has_one_paper_value_per_column():
     for table in TABLES:
         assert len(table.paper) == len(table.columns), table.name

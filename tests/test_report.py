@@ -151,8 +151,8 @@ def test_the_paper_tables_are_written_alike_by_one_and_two_ranks(tmp_path_factor
     for devices, run in runs.items():
         launch(run, "test", eval_recipe(run, devices, batch_size=1, sources=PAPER_SOURCES, depth_range=[0.5, 40.0]))
     one, two = paper_csvs(runs[1]), paper_csvs(runs[2])
-    assert sorted(one) == ["paper_tab1_delta1.csv", "paper_tab2_boundaries.csv", "paper_tab3_focal.csv",
-                           "paper_tab4_depth.csv"]
+    assert sorted(one) == ["paper_tab18_images.csv", "paper_tab1_delta1.csv", "paper_tab2_boundaries.csv",
+                           "paper_tab3_focal.csv", "paper_tab4_depth.csv"]
     tab1 = one["paper_tab1_delta1.csv"]
     assert list(tab1[0]) == ["method", "sintel", "avg. rank"]
     assert [row["method"] for row in tab1] == ["this checkpoint, true f", "this checkpoint, predicted f",
