@@ -12,6 +12,7 @@ from torch import nn
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torchmetrics import MetricCollection
 
+from dp_train.evaluation import EvaluatedImage, evaluated_images, focal_from_fov
 from dp_train.losses import Objective, depth_objective, fov_objective
 from dp_train.metrics import BoundaryF1, BoundaryRecall, DepthMetrics, FocalMetrics
 from dp_train.model import DepthProConfig, build_depth_pro, load_weights
@@ -290,35 +291,32 @@ class DepthProModule(L.LightningModule):
         self._log_evaluation("test")
 
     def _evaluation_step(self, split: str, batch: dict, batch_idx: int) -> None:
-        """Update per-source metrics on metric depth (with ground-truth focal) and focal length."""
+        """Update per-source metrics on metric depth (with ground-truth focal) and focal length, at the
+        ground truth's resolution where the batch carries it (`test`, `validate`; see dp_train/evaluation.py)."""
         pred, fov = self.net(batch["image"])
-        width = batch["image"].shape[-1]
         real = ~batch["padding"] if "padding" in batch else torch.ones_like(batch["source"], dtype=torch.bool)
-        for index, name in enumerate(self.source_names(split)):
-            chosen = (batch["source"] == index) & real  # padding batches (equal counts per rank) are skipped
-            if chosen.any():
-                self._update_source_metrics(self.eval_metrics[f"{split}__{name}"], pred, fov, batch, chosen, width)
+        names = self.source_names(split)  # padding batches (equal counts per rank) are skipped
+        for image in evaluated_images(pred, batch, real):
+            metrics = self.eval_metrics[f"{split}__{names[int(batch['source'][image.index])]}"]
+            self._update_image_metrics(metrics, image, None if fov is None else fov[image.index])
         every = self.hparams.log_images_every_n_val_steps
         if every and batch_idx % every == 0 and real.all():
             self._log_panel(f"{split}/panel_{batch_idx}", batch, pred)
 
     @staticmethod
-    def _update_source_metrics(metrics: MetricCollection, pred, fov, batch: dict, chosen, width: int) -> None:
-        f_px = batch["f_px"][chosen].view(-1, 1, 1, 1)
-        valid = batch["valid"][chosen] & batch["metric"][chosen].view(-1, 1, 1, 1)
-        canonical = pred[chosen].float().clamp(min=1e-4)
-        pred_depth = f_px / (width * canonical)
-        gt_depth = torch.where(valid, f_px / (width * batch["target"][chosen].clamp(min=1e-8)), 0.0)
-        metrics["depth"].update(pred_depth, gt_depth, valid)
+    def _update_image_metrics(metrics: MetricCollection, image: EvaluatedImage, fov: torch.Tensor | None) -> None:
+        """One image's contribution: depth metrics (true focal length), focal error, boundary F1 (metric,
+        non-sparse ground truth; pairs with an invalid pixel left out) and boundary recall (with a matte)."""
+        if image.has_depth:
+            metrics["depth"].update(image.depth()[None], image.gt_depth[None], image.valid[None])
         if fov is not None:
-            pred_f = 0.5 * width / torch.tan(0.5 * torch.deg2rad(fov[chosen].float()))
-            metrics["focal"].update(pred_f, batch["f_px"][chosen])
+            metrics["focal"].update(focal_from_fov(fov, image.width), image.f_px)
         if "boundary_f1" in metrics:
-            # Scale-invariant: any map proportional to depth works, so 1 / C needs no focal length.
-            dense = valid.flatten(1).all(1)  # boundary F1 needs dense (e.g. synthetic) depth ground truth
-            metrics["boundary_f1"].update(1.0 / canonical[dense], gt_depth[dense])
-            if "alpha" in batch:
-                metrics["boundary_recall"].update(1.0 / canonical, batch["alpha"][chosen], batch["has_alpha"][chosen])
+            inverse = 1.0 / image.canonical  # scale-invariant metrics: proportional to depth is enough
+            if image.has_depth and not image.sparse:
+                metrics["boundary_f1"].update(inverse[None], image.gt_depth[None], valid=image.valid[None])
+            if image.alpha is not None:
+                metrics["boundary_recall"].update(inverse[None], image.alpha[None])
 
     def _log_evaluation(self, split: str) -> None:
         """Compute, log and reset every source's metrics (torchmetrics syncs them across ranks).

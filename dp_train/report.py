@@ -1,15 +1,19 @@
 """Evaluation report for `python -m dp_train test`: per-image metrics, per-dataset tables and plots.
 
 `EvaluationReport` is a Lightning callback. During `test` it records, for every
-real (non-padding) image: AbsRel, delta1 and RMSE on metric depth with the
-ground-truth focal length and, when the network has a FOV head, with the
-predicted one; the scale-invariant boundary F1 (dense depth only) in total and
-per ratio threshold; the boundary recall (images with a matte); predicted and
+real (non-padding) image, at the ground truth's resolution (dp_train/evaluation.py):
+the depth metrics (`metrics.DEPTH_METRIC_NAMES`) with the ground-truth focal
+length and, when the network has a FOV head, with the predicted one; the
+scale-invariant boundary F1 (metric, non-sparse depth; pairs with an invalid
+pixel left out) in total and per ratio threshold; the boundary recall (images
+with a matte); predicted and
 true focal length; the absolute relative error binned by ground-truth depth;
 and the worst images by AbsRel as RGB | GT | prediction | error panels. At the
 end everything is gathered to rank 0, which writes into `out_dir`:
-`report.md`, `per_image.csv`, `per_dataset.csv`, `error_vs_depth.csv` and the
-PNG plots linked from the report.
+`report.md`, `per_image.csv`, `per_dataset.csv`, `error_vs_depth.csv`, the
+PNG plots linked from the report, and the paper's Tab. 1-4 for the benchmarks
+evaluated, beside the paper's numbers (dp_train/paper_tables.py), in report.md
+and as `paper_<table>.csv`.
 """
 
 from __future__ import annotations
@@ -28,14 +32,17 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
+from dp_train.evaluation import EvaluatedImage, evaluated_images, focal_from_fov
 from dp_train.metrics import (
     BOUNDARY_THRESHOLDS,
     BOUNDARY_WEIGHTS,
+    DEPTH_METRIC_NAMES,
     depth_metrics,
     focal_errors,
     si_boundary_f1_per_threshold,
     si_boundary_recall,
 )
+from dp_train.paper_tables import PaperTable, paper_tables
 from dp_train.resume import gather_per_rank
 from dp_train.visualize import depth_panel
 
@@ -48,7 +55,7 @@ coarser bins are groups of these, spread log-uniformly over the depth range actu
 PANEL_SIDE = 128
 """Worst-case panels are downsampled (by striding) to about this height."""
 THRESHOLD_COLUMNS = [f"boundary_f1@{t:.3f}" for t in BOUNDARY_THRESHOLDS]
-DEPTH_COLUMNS = ["abs_rel", "delta1", "rmse"]
+DEPTH_COLUMNS = list(DEPTH_METRIC_NAMES)
 PRED_FOCAL_COLUMNS = [f"{c}_fpred" for c in DEPTH_COLUMNS]
 IMAGE_COLUMNS = (["dataset", "key"] + DEPTH_COLUMNS + PRED_FOCAL_COLUMNS
                  + ["boundary_f1", "boundary_recall", "f_true", "f_pred", "focal_rel_error"] + THRESHOLD_COLUMNS)
@@ -73,20 +80,10 @@ Histograms = dict[str, np.ndarray]
 # ----------------------------------------------------------------------------------------- per image
 
 
-def metric_depth(canonical: Tensor, f_px: Tensor, width: int) -> Tensor:
-    """Metric depth D = f_px / (W * C) from canonical inverse depth C (B,1,H,W) and focal lengths (B,)."""
-    return f_px.reshape(-1, 1, 1, 1) / (width * canonical)
-
-
-def focal_from_fov(fov_deg: Tensor, width: int) -> Tensor:
-    """Focal length in pixels, `0.5 W / tan(fov / 2)`, from the FOV head's horizontal FOV (degrees)."""
-    return 0.5 * width / torch.tan(0.5 * torch.deg2rad(fov_deg.float().reshape(-1)))
-
-
-def _depth_columns(pred_depth: Tensor, gt_depth: Tensor, valid: Tensor, suffix: str) -> dict[str, Tensor]:
-    """Per-image AbsRel, delta1 and RMSE (NaN without valid pixels), keyed `<name><suffix>`."""
-    values = depth_metrics(pred_depth, gt_depth, valid)
-    return {f"{name}{suffix}": values[name] for name in DEPTH_COLUMNS}
+def _depth_columns(pred_depth: Tensor, image: EvaluatedImage, suffix: str) -> Row:
+    """One image's depth metrics (NaN without valid pixels), keyed `<name><suffix>`."""
+    values = depth_metrics(pred_depth[None], image.gt_depth[None], image.valid[None])
+    return {f"{name}{suffix}": float(values[name][0]) for name in DEPTH_COLUMNS}
 
 
 def _depth_histogram(pred_depth: np.ndarray, gt_depth: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -97,16 +94,16 @@ def _depth_histogram(pred_depth: np.ndarray, gt_depth: np.ndarray, valid: np.nda
     return np.stack([np.bincount(bins, np.abs(pred - gt) / gt, size), np.bincount(bins, minlength=size)])
 
 
-def _boundary_columns(canonical: Tensor, gt_depth: Tensor, dense: bool, alpha: Tensor | None) -> Row:
-    """Boundary F1 (total and per threshold; dense GT only) and boundary recall (with a matte), else NaN."""
+def _boundary_columns(image: EvaluatedImage) -> Row:
+    """Boundary F1 (total and per threshold; metric, non-sparse GT) and boundary recall (with a matte), else NaN."""
     row: Row = {"boundary_f1": math.nan, "boundary_recall": math.nan} | dict.fromkeys(THRESHOLD_COLUMNS, math.nan)
-    inverse = 1.0 / canonical  # scale-invariant metrics: proportional to depth is enough
-    if dense:
-        per_threshold = si_boundary_f1_per_threshold(inverse, gt_depth)
+    inverse = 1.0 / image.canonical  # scale-invariant metrics: proportional to depth is enough
+    if image.has_depth and not image.sparse:
+        per_threshold = si_boundary_f1_per_threshold(inverse, image.gt_depth, image.valid)
         row |= dict(zip(THRESHOLD_COLUMNS, per_threshold.tolist()))
         row["boundary_f1"] = float(np.sum(per_threshold * BOUNDARY_WEIGHTS))
-    if alpha is not None:
-        row["boundary_recall"] = si_boundary_recall(inverse, alpha)
+    if image.alpha is not None:
+        row["boundary_recall"] = si_boundary_recall(inverse, image.alpha)
     return row
 
 
@@ -175,35 +172,27 @@ class EvaluationReport(Callback):
 
     def _record(self, names: list[str], pred: Tensor, fov: Tensor | None, batch: dict, chosen: Tensor) -> None:
         """Metrics, depth histograms and worst-case candidates of the chosen images."""
-        width = batch["image"].shape[-1]
-        index = torch.nonzero(chosen).flatten()
-        valid = batch["valid"][index] & batch["metric"][index].view(-1, 1, 1, 1)
-        canonical = pred[index].float().clamp(min=1e-4)
-        f_px = batch["f_px"][index].float()
-        gt = torch.where(valid, metric_depth(batch["target"][index].float().clamp(min=1e-8), f_px, width), 0.0)
-        pred_depth = metric_depth(canonical, f_px, width)
-        columns = _depth_columns(pred_depth, gt, valid, "") | self._focal_columns(canonical, fov, index, f_px, gt,
-                                                                                  valid, width)
-        for j, i in enumerate(index.tolist()):
+        for image in evaluated_images(pred, batch, chosen):
+            i = image.index
             row = {"dataset": names[int(batch["source"][i])], "key": batch["key"][i]}
-            row |= {name: float(values[j]) for name, values in columns.items()}
-            alpha = batch["alpha"][i, 0] if "alpha" in batch and bool(batch["has_alpha"][i]) else None
-            row |= _boundary_columns(canonical[j, 0], gt[j, 0], bool(valid[j].all()), alpha)
-            self._add(row, _depth_histogram(pred_depth[j, 0].cpu().numpy(), gt[j, 0].cpu().numpy(),
-                                            valid[j, 0].cpu().numpy()))
+            pred_depth = image.depth()
+            row |= _depth_columns(pred_depth, image, "") | self._focal_columns(image, None if fov is None else fov[i])
+            row |= _boundary_columns(image)
+            self._add(row, _depth_histogram(pred_depth.cpu().numpy(), image.gt_depth.cpu().numpy(),
+                                            image.valid.cpu().numpy()))
             self._offer_worst(row, batch, i, pred)
 
     @staticmethod
-    def _focal_columns(canonical: Tensor, fov: Tensor | None, index: Tensor, f_px: Tensor, gt: Tensor,
-                       valid: Tensor, width: int) -> dict[str, Tensor]:
+    def _focal_columns(image: EvaluatedImage, fov: Tensor | None) -> Row:
         """Depth metrics with the predicted focal length and the focal errors (NaN without a FOV head)."""
+        f_true = float(image.f_px)
         if fov is None:
-            nan = torch.full_like(f_px, math.nan)
-            return {name: nan for name in PRED_FOCAL_COLUMNS} | {"f_true": f_px, "f_pred": nan,
-                                                                 "focal_rel_error": nan}
-        f_pred = focal_from_fov(fov[index], width)
-        columns = _depth_columns(metric_depth(canonical, f_pred, width), gt, valid, "_fpred")
-        return columns | {"f_true": f_px, "f_pred": f_pred, "focal_rel_error": focal_errors(f_pred, f_px)}
+            return dict.fromkeys(PRED_FOCAL_COLUMNS, math.nan) | {"f_true": f_true, "f_pred": math.nan,
+                                                                   "focal_rel_error": math.nan}
+        f_pred = focal_from_fov(fov, image.width)
+        columns = _depth_columns(image.depth(f_pred[0]), image, "_fpred")
+        return columns | {"f_true": f_true, "f_pred": float(f_pred[0]),
+                          "focal_rel_error": float(focal_errors(f_pred, image.f_px)[0])}
 
     def _add(self, row: Row, histogram: np.ndarray) -> None:
         self._rows.append(row)
@@ -389,16 +378,39 @@ SUMMARY_TABLE = [
 """Columns of report.md's main table: header, `per_dataset.csv` column, shown as a percentage."""
 
 
+def paper_markdown(tables: list[tuple[PaperTable, list[str], list[Row]]]) -> list[str]:
+    """report.md's section with the paper's tables (values with the paper's decimals, '–' where missing)."""
+    if not tables:
+        return []
+    lines = ["", "## The paper's tables", "",
+             f"This checkpoint beside the paper's Depth Pro, for the benchmarks evaluated (`paper_<table>.csv`). "
+             "Comparable only where the data and protocol are the paper's: see the README, \"Evaluation\".", ""]
+    for table, header, rows in tables:
+        lines += [f"### {table.title}", ""]
+        lines += _table(header, [[_paper_cell(row[c], 2 if c == "avg. rank" else table.digits) for c in header]
+                                 for row in rows]) + [""]
+    return lines[:-1]
+
+
+def _paper_cell(value: Any, digits: int) -> str:
+    """A cell of a paper table: fixed decimals, '–' for NaN, text as it is."""
+    return _fmt(value) if isinstance(value, str) or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
 def markdown_report(summary: list[Row], edges_m: np.ndarray, curves: dict[str, np.ndarray], worst: list[Row],
-                    plots: list[str]) -> str:
-    """report.md: the per-dataset table, the error-vs-depth table, the worst images and links to the plots."""
+                    plots: list[str], tables: list[tuple[PaperTable, list[str], list[Row]]] = ()) -> str:
+    """report.md: the per-dataset table, the paper's tables, the error-vs-depth table, the worst images and
+    links to the plots."""
     lines = ["# Evaluation report", "",
              "Metric depth with the ground-truth focal length, and with the FOV head's predicted focal length "
-             "(\"pred. f\"). Means over images; boundary F1 on dense depth ground truth only, boundary recall on "
-             "images with a matte; '–': not applicable. Per image: [per_image.csv](per_image.csv), per dataset: "
+             "(\"pred. f\"), at the ground truth's own resolution (the prediction resized bilinearly to it), "
+             "inside each source's `depth_range`. Means over images; boundary F1 on metric, non-sparse depth ground "
+             "truth (neighbour pairs with an invalid pixel left out), boundary recall on images with a matte; "
+             "'–': not applicable. Per image, with every metric: [per_image.csv](per_image.csv), per dataset: "
              "[per_dataset.csv](per_dataset.csv).", ""]
     lines += _table(["dataset"] + [h for h, _, _ in SUMMARY_TABLE],
                     [[s["dataset"]] + [_fmt(s[c], pct) for _, c, pct in SUMMARY_TABLE] for s in summary])
+    lines += paper_markdown(list(tables))
     if edges_m.size > 1:
         bins = [f"{a:.3g}–{b:.3g} m" for a, b in zip(edges_m[:-1], edges_m[1:])]
         lines += ["", "## AbsRel by ground-truth depth", ""]
@@ -418,12 +430,15 @@ def write_report(out_dir: Path, rows: list[Row], datasets: list[str], histograms
     summary = summarize(rows, datasets)
     write_csv(out_dir / "per_image.csv", rows, IMAGE_COLUMNS)
     write_csv(out_dir / "per_dataset.csv", summary, DATASET_COLUMNS)
+    tables = paper_tables(summary)
+    for table, header, table_rows in tables:
+        write_csv(out_dir / f"paper_{table.name}.csv", table_rows, header)
     edges = coarse_depth_edges(histograms, depth_bins)
     curves = error_vs_depth({n: histograms[n] for n in datasets if n in histograms}, edges) if edges.size else {}
     edges_m = FINE_DEPTH_EDGES[edges]
     _write_depth_csv(out_dir / "error_vs_depth.csv", edges_m, curves)
     plots = _write_plots(out_dir, rows, datasets, summary, edges_m, curves, worst)
-    (out_dir / "report.md").write_text(markdown_report(summary, edges_m, curves, worst, plots))
+    (out_dir / "report.md").write_text(markdown_report(summary, edges_m, curves, worst, plots, tables))
 
 
 def _write_depth_csv(path: Path, edges_m: np.ndarray, curves: dict[str, np.ndarray]) -> None:

@@ -65,6 +65,31 @@ def test_depth_metrics_hand_computed() -> None:
     assert out["log10"].item() == pytest.approx(log10, rel=1e-12)
 
 
+def test_delta2_delta3_and_silog_hand_computed() -> None:
+    gt = torch.tensor([[[1.0, 2.0], [4.0, 8.0]]], dtype=torch.float64)
+    pred = gt * torch.tensor([[[1.1, 1 / 1.5], [1.9, 1 / 2.5]]], dtype=torch.float64)  # ratios 1.1, 1.5, 1.9, 2.5:
+    # one under each of 1.25, 1.25^2 = 1.5625 and 1.25^3 = 1.953, one above all; predictions over and under
+    out = depth_metrics(pred, gt)
+    assert out["delta1"].item() == pytest.approx(0.25, rel=1e-12)
+    assert out["delta2"].item() == pytest.approx(0.5, rel=1e-12)
+    assert out["delta3"].item() == pytest.approx(0.75, rel=1e-12)
+    errors = [math.log(1.1), -math.log(1.5), math.log(1.9), -math.log(2.5)]
+    mean = sum(errors) / 4
+    silog = 100 * math.sqrt(sum(e * e for e in errors) / 4 - mean * mean)
+    assert out["silog"].item() == pytest.approx(silog, rel=1e-12)
+    assert depth_metrics(3.7 * pred, gt)["silog"].item() == pytest.approx(silog, rel=1e-12)  # scale-invariant
+
+
+def test_silog_stays_accurate_in_float32_for_small_errors() -> None:
+    """A prediction off by a constant factor (invisible to SI-Log) times a 0.01 % ripple: float32 inputs give the
+    float64 value (float32 logs err by ~5e-8, against a spread of ~1e-4: well under 1 %)."""
+    gen = torch.Generator().manual_seed(4)
+    gt = torch.rand(1, 64, 64, generator=gen, dtype=torch.float64) * 20 + 1
+    pred = 1.5 * gt * (1 + 1e-4 * torch.randn(1, 64, 64, generator=gen, dtype=torch.float64))
+    exact = depth_metrics(pred, gt)["silog"].item()
+    assert depth_metrics(pred.float(), gt.float())["silog"].item() == pytest.approx(exact, rel=1e-2)
+
+
 def test_depth_metrics_respects_mask_and_invalid_gt() -> None:
     pred, gt = _tiny_pair()
     mask = torch.tensor([[[[True, True], [True, False]]]])
@@ -149,6 +174,42 @@ def test_boundary_metrics_are_scale_invariant(boundary_fixture: dict[str, np.nda
         pred, gt, alpha = (boundary_fixture[f"case{case}_{k}"] for k in ("pred_depth", "gt_depth", "gt_alpha"))
         assert si_boundary_f1(scale * pred, gt) == pytest.approx(si_boundary_f1(pred, gt), abs=1e-12)
         assert si_boundary_recall(scale * pred, alpha) == pytest.approx(si_boundary_recall(pred, alpha), abs=1e-12)
+
+
+@pytest.mark.parametrize("case", BOUNDARY_CASES)
+@pytest.mark.parametrize("invalid_as", ["zero", "nan", "mask"])
+def test_si_boundary_f1_with_invalid_pixels_is_the_reference_on_the_valid_part(
+    boundary_fixture: dict[str, np.ndarray], case: int, invalid_as: str
+) -> None:
+    """A reference case embedded in a larger map whose other pixels are invalid ground truth (with noise in
+    the prediction and in the hidden ground truth there): only pairs of two valid pixels count, so the score
+    is the reference's on the case itself."""
+    pred, gt = boundary_fixture[f"case{case}_pred_depth"], boundary_fixture[f"case{case}_gt_depth"]
+    rng = np.random.default_rng(case)
+    big_pred = rng.uniform(0.5, 50.0, (pred.shape[0] + 9, pred.shape[1] + 14))
+    big_gt = rng.uniform(0.5, 50.0, big_pred.shape)
+    window = (slice(4, 4 + pred.shape[0]), slice(6, 6 + pred.shape[1]))
+    big_pred[window], big_gt[window] = pred, gt
+    valid = np.zeros(big_gt.shape, dtype=bool)
+    valid[window] = True
+    if invalid_as == "mask":
+        score = si_boundary_f1(big_pred, big_gt, torch.from_numpy(valid))
+    else:
+        big_gt[~valid] = 0.0 if invalid_as == "zero" else np.nan
+        score = si_boundary_f1(big_pred, big_gt)
+    assert score == pytest.approx(float(boundary_fixture[f"case{case}_si_boundary_f1"]), abs=1e-9)
+
+
+def test_boundary_f1_ignores_pairs_with_an_invalid_pixel() -> None:
+    gt = np.ones((4, 6))
+    gt[:, 3:] = 3.0  # a step between columns 2 and 3
+    gt[:, 2] = 0.0  # ... whose near side is invalid: no ground-truth contour is left
+    pred = np.where(np.arange(6) >= 2, 3.0, 1.0) * np.ones((4, 1))  # a contour between columns 1 and 2
+    assert si_boundary_f1(pred, gt) == 0.0
+    metric = BoundaryF1()
+    metric.update(torch.from_numpy(pred)[None], torch.from_numpy(np.ones((4, 6)))[None],
+                  valid=torch.from_numpy(gt > 0)[None])
+    assert metric.compute().item() == 0.0  # the valid map acts like invalid ground truth
 
 
 def test_boundary_metric_conventions_without_edges() -> None:

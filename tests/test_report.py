@@ -23,11 +23,13 @@ SOURCES = {"synth_a": (0, 3), "synth_b": (500, 3)}
 """Test source name -> (first scene seed, scene count)."""
 
 
-def eval_recipe(tmp_path: Path, devices: int = 1, batch_size: int = 2) -> Path:
-    """A tiny-network test recipe over two synthetic sources, with the report callback (writing to
-    `tmp_path/report`); the seeded network is the same in every run."""
+def eval_recipe(tmp_path: Path, devices: int = 1, batch_size: int = 2, sources: dict | None = None,
+                depth_range: list[float] | None = None) -> Path:
+    """A tiny-network test recipe over two synthetic sources (`SOURCES` unless given), with the report callback
+    (writing to `tmp_path/report`); the seeded network is the same in every run."""
     shards = {name: write_synthetic_shards(tmp_path / name, name, count, size=(64, 64), seed=seed, progress=False)
-              for name, (seed, count) in SOURCES.items()}
+              for name, (seed, count) in (sources or SOURCES).items()}
+    extra = {} if depth_range is None else {"depth_range": depth_range}
     recipe = {
         "seed_everything": 0,
         "trainer": {
@@ -42,7 +44,7 @@ def eval_recipe(tmp_path: Path, devices: int = 1, batch_size: int = 2) -> Path:
             "log_images_every_n_val_steps": 0,
         },
         "data": {
-            "test_sources": [{"name": name, "urls": str(path)} for name, path in shards.items()],
+            "test_sources": [{"name": name, "urls": str(path)} | extra for name, path in shards.items()],
             "image_size": 512, "batch_size": batch_size, "num_workers": 0, "pin_memory": False,
         },
     }
@@ -130,3 +132,44 @@ def test_two_ranks_write_the_report_of_one_process(tmp_path_factory):
     worst = {devices: re.findall(r"\| (synth_[ab] \| \S+) \|", worst_section(run / "report" / "report.md"))
              for devices, run in runs.items()}
     assert len(worst[1]) == 3 and worst[2] == worst[1]
+
+
+PAPER_SOURCES = {"sintel": (0, 3), "zoom": (500, 3)}
+"""Synthetic sources named as two of the paper's benchmarks (a metric depth set and a focal-length set)."""
+
+
+def paper_csvs(run: Path) -> dict[str, list[dict[str, str]]]:
+    """The paper tables a run wrote, by file name."""
+    return {path.name: read_csv(path) for path in sorted((run / "report").glob("paper_*.csv"))}
+
+
+@pytest.mark.slow
+def test_the_paper_tables_are_written_alike_by_one_and_two_ranks(tmp_path_factory):
+    """Sources named like the paper's benchmarks fill its tables, in report.md and as CSV, with the paper's
+    Depth Pro as the reference row; two ranks write what one does."""
+    runs = {devices: tmp_path_factory.mktemp(f"paper{devices}") for devices in (1, 2)}
+    for devices, run in runs.items():
+        launch(run, "test", eval_recipe(run, devices, batch_size=1, sources=PAPER_SOURCES, depth_range=[0.5, 40.0]))
+    one, two = paper_csvs(runs[1]), paper_csvs(runs[2])
+    assert sorted(one) == ["paper_tab18_images.csv", "paper_tab1_delta1.csv", "paper_tab2_boundaries.csv",
+                           "paper_tab3_focal.csv", "paper_tab4_depth.csv"]
+    tab1 = one["paper_tab1_delta1.csv"]
+    assert list(tab1[0]) == ["method", "sintel", "avg. rank"]
+    assert [row["method"] for row in tab1] == ["this checkpoint, true f", "this checkpoint, predicted f",
+                                               "Depth Pro (paper)"]
+    assert float(tab1[-1]["sintel"]) == 40.0
+    per_dataset = {r["dataset"]: r for r in read_csv(runs[1] / "report" / "per_dataset.csv")}
+    assert float(tab1[0]["sintel"]) == pytest.approx(100 * float(per_dataset["sintel"]["delta1"]), rel=1e-9)
+    # Boundary F1 on every metric image, also those with invalid pixels (open sky, outside the depth range).
+    assert all(r["boundary_f1"] for r in read_csv(runs[1] / "report" / "per_image.csv") if r["dataset"] == "sintel")
+    assert [row["method"] for row in one["paper_tab3_focal.csv"]] == ["this checkpoint", "Depth Pro (paper)"]
+    for name, rows in one.items():
+        assert [list(row) for row in two[name]] == [list(row) for row in rows], name
+        for row_two, row in zip(two[name], rows):
+            for column, value in row.items():
+                if column == "method" or not value:
+                    assert row_two[column] == value, (name, column)
+                else:  # tolerance: float32 sums over a few hundred thousand pixels, in another process
+                    assert float(row_two[column]) == pytest.approx(float(value), rel=1e-5, abs=1e-7), (name, column)
+    report = (runs[1] / "report" / "report.md").read_text()
+    assert "## The paper's tables" in report and "Tab. 1: zero-shot metric depth" in report

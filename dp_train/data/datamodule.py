@@ -178,8 +178,10 @@ class DepthDataModule(L.LightningDataModule):
         return accumulation
 
     def setup(self, stage: str | None = None) -> None:
-        """Set the gradient accumulation (fit with `global_batch_size`), build the streams and hand them this process's rank (workers
-        must not look it up)."""
+        """Set the gradient accumulation (fit with `global_batch_size`), build the streams and hand them this
+        process's rank (workers must not look it up). `test` and `validate` evaluate against ground truth at
+        its own resolution; validation during `fit` against ground truth resized (nearest) to the network
+        input, which is cheaper."""
         rank, world_size = self._distribution()
         if stage == "fit" and self.trainer is not None and self.global_batch_size is not None:
             self.trainer.accumulate_grad_batches = self.gradient_accumulation(self.trainer)
@@ -199,6 +201,10 @@ class DepthDataModule(L.LightningDataModule):
         for stream in (self.train_stream, self.val_stream, self.test_stream):
             if stream is not None:
                 stream.set_distributed(rank, world_size)
+        if self.val_stream is not None:  # validation inside `fit` stays at network resolution (cheaper)
+            self.val_stream.native_truth = stage == "validate"
+        if self.test_stream is not None:
+            self.test_stream.native_truth = True
 
     def _start_method(self) -> str | None:
         """The workers' start method: "auto" resolved for this run's world size."""

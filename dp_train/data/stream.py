@@ -30,6 +30,7 @@ from braceexpand import braceexpand
 from torch.utils.data import IterableDataset, get_worker_info
 
 from dp_train.data.augment import View
+from dp_train.data.native import native_truth
 from dp_train.data.schema import Sample, decode_sample, shard_counts, shard_urls
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,17 @@ class SourceConfig:
     metric: bool | None = None
     synthetic: bool | None = None
     sparse: bool | None = None
+    depth_range: tuple[float, float] | None = None
+    """[min, max] metres: ground-truth depths outside are invalid (not trained on, not evaluated), e.g. the
+    per-benchmark evaluation ranges of the paper's Tab. 18 in recipes/eval.yaml. Bounds are inclusive (the
+    paper does not say); applies to metric samples only (relative depth has no metres)."""
+
+    def __post_init__(self) -> None:
+        if self.depth_range is not None:
+            low, high = self.depth_range
+            if not 0 <= low < high:
+                raise ValueError(f"source {self.name!r}: depth_range {list(self.depth_range)} must be [min, max] "
+                                 "metres with 0 <= min < max")
 
     def shard_urls(self) -> list[str]:
         """Every shard URL, brace patterns expanded, in a stable order."""
@@ -228,13 +240,17 @@ def decode_record(record: dict, source: SourceConfig, health: SourceHealth, keep
 
 
 def apply_flags(sample: Sample, source: SourceConfig) -> Sample:
-    """Override the sample's flags with the source's; refuse metric samples without a focal length."""
+    """Override the sample's flags with the source's and apply its depth range; refuse metric samples
+    without a focal length."""
     meta = sample.meta
     changes = {k: getattr(source, k) for k in ("metric", "synthetic", "sparse") if getattr(source, k) is not None}
     if changes:
         meta = sample.meta = dataclasses.replace(meta, **changes)
     if meta.metric and not (meta.f_px and meta.f_px > 0):
         raise ValueError(f"{sample.key}: metric sample without a positive focal length")
+    if meta.metric and source.depth_range is not None:
+        low, high = source.depth_range
+        sample.valid = sample.valid & (sample.depth >= low) & (sample.depth <= high)
     return sample
 
 
@@ -420,7 +436,11 @@ class ValStream(_StreamBase):
     number of batches: ranks with fewer samples add padding batches (`padding` True for each of
     their samples), which the model runs but metrics skip. Sharded models (FSDP) need this: each
     forward pass gathers parameters from all ranks, so a rank that stops early hangs the others.
+    With `native_truth` set, batches also carry the ground truth at its own resolution
+    (`data/native.py`), against which the metrics are computed.
     """
+
+    native_truth = False
 
     def __iter__(self) -> Iterator[dict]:
         place = current_placement(self.rank, self.world_size)
@@ -442,6 +462,8 @@ class ValStream(_StreamBase):
     def _batch(self, samples: list[tuple[int, Sample]], health: list[SourceHealth], seeds: list[int]) -> dict:
         batch = super()._batch(samples, health, seeds)
         batch["padding"] = torch.zeros(len(samples), dtype=torch.bool)
+        if self.native_truth:
+            batch |= native_truth([s for _, s in samples])
         return batch
 
     def _padding(self, template: dict | None, health: list[SourceHealth]) -> Iterator[dict]:

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from dp_train.data import formats
+from dp_train.data import benchmarks, formats, nuscenes
 from dp_train.data.convert import ConvertError, run_reporting_errors
 from dp_train.data.schema import DEPTH_FORMATS, IMAGE_FORMATS
 
@@ -31,8 +31,10 @@ def _path(value: str | None) -> Path | None:
 
 
 def _matting(args: argparse.Namespace, root: Path) -> tuple[list[formats.Item], formats.Skipped]:
-    """find_matting on root/<split> (or root), with the image and alpha folder names given."""
-    return formats.find_matting(root / args.split if args.split else root, args.image_dir, args.alpha_dir)
+    """find_matting on root/<split> (or root), with the image and alpha folder names given, less the samples
+    of the --exclude list."""
+    found = formats.find_matting(root / args.split if args.split else root, args.image_dir, args.alpha_dir)
+    return found if args.exclude is None else benchmarks.exclude(found, Path(args.exclude))
 
 
 FINDERS: dict[str, Finder] = {
@@ -45,7 +47,14 @@ FINDERS: dict[str, Finder] = {
     "hypersim": lambda a, root: formats.find_hypersim(root, _path(a.camera_csv), a.split, _path(a.split_file)),
     "dis5k": _matting,
     "matting": _matting,
+    "booster": lambda a, root: benchmarks.find_booster(root),
+    "nuscenes": lambda a, root: nuscenes.find_nuscenes(root, a.version, a.channel),
+    "sunrgbd": lambda a, root: benchmarks.find_sunrgbd(root, _path(a.split_file)),
+    "spring": lambda a, root: benchmarks.find_spring(root),
+    "focal": lambda a, root: benchmarks.find_focal_photos(root),
 }
+FORMATS = formats.FORMATS | benchmarks.BENCHMARK_FORMATS | {"nuscenes": nuscenes.NUSCENES_FORMAT}
+"""What every sample of each format is (metric, synthetic, sparse, has depth)."""
 HELP = {
     "middlebury": "Middlebury 2014 stereo: <scene>/im0.png, disp0.pfm, calib.txt",
     "sintel": "MPI Sintel depth: depth/<scene>/*.dpt, camdata_left/<scene>/*.cam, final|clean/<scene>/*.png",
@@ -56,6 +65,11 @@ HELP = {
     "hypersim": "Hypersim: <scene>/images/scene_cam_XX_geometry_hdf5/frame.XXXX.depth_meters.hdf5 + images",
     "dis5k": "DIS5K (no depth, boundary recall): <split>/im/*.jpg + <split>/gt/*.png",
     "matting": "matting set (no depth, boundary recall): <split>/image/* + <split>/alpha/*.png",
+    "booster": "Booster (train/balanced): <scene>/camera_00/im*.png, disp_00.npy, mask_00.png, calib_00-02.xml",
+    "nuscenes": "nuScenes: samples/CAM_*/*.jpg + samples/LIDAR_TOP/*.pcd.bin projected (sparse), <version>/*.json",
+    "sunrgbd": "SUN RGB-D: <sensor>/.../<scene>/image/*.jpg, depth/*.png, intrinsics.txt",
+    "spring": "Spring (train): <scene>/frame_left/*.png, disp1_left/*.dsp5, cam_data/intrinsics.txt",
+    "focal": "focal-length set (no depth; DDDP, FiveK, PPR10K, RAISE, SPAQ, ZOOM): photos with EXIF focal length",
 }
 
 
@@ -96,6 +110,14 @@ def _split_options(parser: argparse.ArgumentParser, fmt: str) -> None:
         parser.add_argument("--split", metavar="DIR", help="subfolder of --root, e.g. DIS-TE1")
         parser.add_argument("--image-dir", default=image_dir, help=f"image subfolder (default {image_dir})")
         parser.add_argument("--alpha-dir", default=alpha_dir, help=f"alpha subfolder (default {alpha_dir})")
+        parser.add_argument("--exclude", metavar="PATH",
+                            help="samples to leave out, one file stem per line (e.g. DIS-5k's occluded objects)")
+    elif fmt == "sunrgbd":
+        parser.add_argument("--split-file", metavar="PATH",
+                            help="scene folders to convert, one per line (e.g. allsplit.mat's alltest)")
+    elif fmt == "nuscenes":
+        parser.add_argument("--version", default="v1.0-trainval", help="metadata folder (default v1.0-trainval)")
+        parser.add_argument("--channel", default="CAM_FRONT", help="camera (default CAM_FRONT)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,7 +146,7 @@ def convert(args: argparse.Namespace) -> int:
         raise ConvertError(f"no {args.format} samples found under {root} ({len(skipped)} unusable{first}); "
                            "expected layout: tools/convert/README.md")
     dataset = args.dataset or args.format
-    settings = formats.Settings(dataset, formats.FORMATS[args.format], args.depth_format, args.image_format)
+    settings = formats.Settings(dataset, FORMATS[args.format], args.depth_format, args.image_format)
     return formats.write_shards(items, skipped, settings, Path(args.out), args.prefix or dataset,
                                 args.workers, args.shard_size)
 
