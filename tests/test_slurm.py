@@ -89,9 +89,10 @@ def shards(tmp_path_factory) -> Path:
     return write_synthetic_shards(root, "train", 32, size=(64, 64), seed=9, samples_per_shard=4, progress=False)
 
 
-def recipe(run: Path, shards: Path, pause: dict | None = None) -> Path:
+def recipe(run: Path, shards: Path, pause: dict | None = None, wandb: bool = False) -> Path:
     """A tiny 2-rank CPU run with one dataloader worker per rank, a checkpoint every 4 steps and a validation
-    every 6; `pause` holds the first run in a phase until it is signalled (tests.helpers.pause.PauseIn)."""
+    every 6; `pause` holds the first run in a phase until it is signalled (tests.helpers.pause.PauseIn);
+    `wandb` logs to an offline wandb run (its service process runs beside rank 0)."""
     callbacks = [
         {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
          "init_args": {"dirpath": str(run / "ckpt"), "save_last": True, "save_top_k": 0, "every_n_train_steps": 4}},
@@ -103,7 +104,9 @@ def recipe(run: Path, shards: Path, pause: dict | None = None) -> Path:
     config = {
         "seed_everything": 0,
         "trainer": {"max_steps": MAX_STEPS, "limit_val_batches": 2, "val_check_interval": 6,
-                    "check_val_every_n_epoch": None, "num_sanity_val_steps": 0, "logger": False,
+                    "check_val_every_n_epoch": None, "num_sanity_val_steps": 0, "logger": wandb and {
+                        "class_path": "lightning.pytorch.loggers.WandbLogger",
+                        "init_args": {"project": "dp_train", "save_dir": str(run), "offline": True}},
                     "enable_progress_bar": False, "default_root_dir": str(run), "callbacks": callbacks},
         "model": {"preset": "tiny", "warmup_steps": 1, "log_images_every_n_val_steps": 0,
                   "network": {"vit_img_size": 128, "decoder_features": 16, "encoder_feature_dims": [8, 16, 32, 32]}},
@@ -116,9 +119,10 @@ def recipe(run: Path, shards: Path, pause: dict | None = None) -> Path:
     return path
 
 
-def submit(run: Path, recipe_path: Path, *sbatch_options: str) -> str:
+def submit(run: Path, recipe_path: Path, *sbatch_options: str, wandb: bool = False) -> str:
     """sbatch the project's 1-node template, CPU variant, from `run`; returns the job id."""
-    env = child_env(**TEMPLATE_SETTINGS, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    env = child_env(**TEMPLATE_SETTINGS, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+                    WANDB_MODE="offline" if wandb else "disabled")
     options = [*CPU_ALLOCATION, f"--output={run / 'job.out'}", *sbatch_options]
     job = sbatch(TEMPLATE, ["--recipe", str(recipe_path)], options, env, cwd=run)
     SUBMITTED.append(job)
@@ -148,7 +152,7 @@ def assert_same_weights(run: Path, reference: Path) -> None:
 
 def assert_clean(log: str) -> None:
     """No process of the job died or printed a traceback (workers, fork server, resource tracker, ranks)."""
-    for bad in ("Traceback", "exited unexpectedly", "resource_tracker", "Connection reset"):
+    for bad in ("Traceback", "exited unexpectedly", "resource_tracker", "Connection reset", "wandb: ERROR"):
         assert bad not in log, f"{bad!r} in the job log:\n{log[-4000:]}"
 
 
@@ -182,11 +186,15 @@ def preempted_and_resumed(run: Path, job: str) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("phase", ["step", "validation"])
-def test_scancel_usr1_saves_requeues_and_resumes_to_the_uninterrupted_weights(tmp_path, shards, uninterrupted, phase):
+@pytest.mark.parametrize(("phase", "wandb"), [("step", True), ("validation", False)],
+                         ids=["mid-step, wandb", "during validation"])
+def test_scancel_usr1_saves_requeues_and_resumes_to_the_uninterrupted_weights(tmp_path, shards, uninterrupted, phase,
+                                                                              wandb):
     """`scancel -s USR1` (what --signal sends before the time limit) mid-step or during validation, with
-    dataloader workers running: every rank saves, rank 0 requeues, the requeued job resumes from last.ckpt."""
-    job = submit(tmp_path, recipe(tmp_path, shards, pause={"phase": phase, "after_step": 5}))
+    dataloader workers (and wandb's service) running: every rank saves, rank 0 requeues, the requeued job
+    resumes from last.ckpt."""
+    pause = {"phase": phase, "after_step": 5}
+    job = submit(tmp_path, recipe(tmp_path, shards, pause=pause, wandb=wandb), wandb=wandb)
     wait_for_file(tmp_path / f"paused_in_{phase}", job, timeout=300)  # after the step-4 checkpoint
     command("scancel", "--signal=USR1", job)
     log = preempted_and_resumed(tmp_path, job)
