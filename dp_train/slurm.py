@@ -22,6 +22,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing import resource_tracker
@@ -64,6 +65,34 @@ def start_wandb_service(trainer: L.Trainer) -> None:
 
         with scheduler_signals_blocked():
             wandb.setup()
+
+
+def close_wandb(timeout: float = 30.0) -> None:
+    """Finish the wandb run and stop its service before the job is requeued or ends.
+
+    The service (a Go program) handles SIGTERM itself, so no signal mask keeps it alive: the SIGTERM that a
+    requeue, `scancel` or a preemption sends to every process ends it, and wandb's exit hook in this
+    process would then fail with a ConnectionResetError traceback. Closing first flushes the run's last
+    logs (on SIGUSR1 the service is still alive here) and removes that hook; a service already gone is one
+    warning line. Waits at most `timeout` seconds, so slow uploads never delay the requeue."""
+    import wandb
+
+    if wandb.run is None:
+        return
+    closing = threading.Thread(target=_teardown_wandb, name="close-wandb", daemon=True)
+    closing.start()
+    closing.join(timeout)
+    if closing.is_alive():
+        log.warning("wandb did not finish within %.0f s: what it had not sent yet is lost", timeout)
+
+
+def _teardown_wandb() -> None:
+    import wandb
+
+    try:
+        wandb.teardown()
+    except (OSError, AssertionError) as err:  # ConnectionResetError: the service received SIGTERM first
+        log.warning("wandb's service had already stopped (%s): the run's last logs may be missing", err)
 
 
 def slurm_job_id() -> str | None:
@@ -201,8 +230,10 @@ class PreemptionCheckpoint(L.Callback):
         SIGNALS.close()
         name = received.name if received is not None else "a signal on another rank"
         log.warning("received %s: saved %s at step %d, stopping", name, path, trainer.global_step)
-        if trainer.is_global_zero and self.requeue and received == signal.SIGUSR1:
-            requeue_job()
+        if trainer.is_global_zero:
+            close_wandb()  # before the requeue: it makes the scheduler send SIGTERM to every process
+            if self.requeue and received == signal.SIGUSR1:
+                requeue_job()
         raise Preempted(f"stopped by {name} after saving {path} at step {trainer.global_step}")
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
