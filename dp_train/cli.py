@@ -79,14 +79,15 @@ class DepthProCLI(LightningCLI):
         return parser
 
     def _parse_ckpt_path(self) -> None:
-        """With `--ckpt_path FILE`, the checkpoint decides the network's shape (`model.preset` and the shape fields
-        of `model.network`: its weights have that shape) and nothing else. The recipe's other `model` values stand
-        (Lightning would replace them all with the checkpoint's, e.g. an evaluation recipe's `boundary_metrics`),
-        and `model.init_from` is dropped: the weights come from the checkpoint, and the file a training run
-        started from need not exist where its checkpoint is evaluated. An unreadable file is one error line."""
+        """With `--ckpt_path` (a file or a sharded directory), the checkpoint decides the network's shape
+        (`model.preset` and the shape fields of `model.network`: its weights have that shape) and nothing else. The
+        recipe's other `model` values stand (Lightning would replace them all with the checkpoint's, e.g. an
+        evaluation recipe's `boundary_metrics`), and `model.init_from` is dropped: the weights come from the
+        checkpoint, and the file a training run started from need not exist where its checkpoint is evaluated. An
+        unreadable checkpoint is one error line."""
         config = self.config.get(self.config.get("subcommand") or "")
         path = config.get("ckpt_path") if config is not None else None
-        if not path or not Path(path).is_file():
+        if not path or not Path(path).exists():
             return
         hparams = checkpoint_hparams(path)
         model = config.model

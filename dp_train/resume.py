@@ -13,7 +13,8 @@ writes them from rank 0 only and non-atomically. This module adds:
   kill while saving never leaves a truncated `last.ckpt`, and a corrupt or
   truncated checkpoint is refused with one line naming the file;
 - `AtomicModelParallelStrategy`: Lightning's FSDP2 strategy with the same guarantee
-  for its sharded checkpoint directories (written beside, then swapped in).
+  for its sharded checkpoint directories (written beside, then swapped in), which
+  it reads without running pickled code (dp_train.sharded).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ import torch.distributed as dist
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import ModelParallelStrategy
+
+from dp_train.sharded import is_sharded_checkpoint, read_sharded_meta, restore_sharded
 
 
 class CheckpointError(RuntimeError):
@@ -127,6 +130,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         """Read a checkpoint; a missing, truncated or corrupt file raises one CheckpointError naming it."""
         if not get_filesystem(path).exists(path):
             raise CheckpointError(f"{path}: checkpoint not found")
+        if is_sharded_checkpoint(path):
+            raise CheckpointError(f"{path}: a sharded (FSDP) checkpoint directory: resume it with the strategy that "
+                                  "wrote it (ModelParallelStrategy), or start a new run from it with --weights")
         try:
             return super().load_checkpoint(path, *args, **kwargs)
         except Exception as err:  # noqa: BLE001 - any unpickling/zip failure means an unusable file
@@ -141,10 +147,16 @@ def unreadable_checkpoint(path: str | Path, err: Exception) -> CheckpointError:
 
 
 def checkpoint_hparams(path: str | Path) -> dict:
-    """The `hyper_parameters` of a Lightning checkpoint file, read memory-mapped (the tensors are not read).
+    """The `hyper_parameters` of a Lightning checkpoint, read memory-mapped (the tensors are not read).
 
     Raises CheckpointError (one line, naming the file) for an unreadable file and for network weights
-    without training state (Apple's `depth_pro.pt`, an export), which belong in `--weights`."""
+    without training state (Apple's `depth_pro.pt`, an export), which belong in `--weights`. A sharded
+    checkpoint directory's are read from its `meta.pt`, after checking its `.metadata` is genuine."""
+    if is_sharded_checkpoint(path):
+        try:
+            return dict(read_sharded_meta(path).get("hyper_parameters") or {})
+        except ValueError as err:
+            raise CheckpointError(str(err)) from None
     try:
         checkpoint = _load_mapped(path)
     except pickle.UnpicklingError:  # torch's message suggests weights_only=False: not for a file we cannot read
@@ -194,3 +206,14 @@ class AtomicModelParallelStrategy(ModelParallelStrategy):
             os.replace(partial, path)
             shutil.rmtree(old, ignore_errors=True)
         self.barrier()
+
+    def load_checkpoint(self, checkpoint_path: str | Path, weights_only: bool | None = None) -> dict[str, Any]:
+        """Lightning's loading for a checkpoint file; a sharded directory is read without running pickled code
+        (dp_train.sharded), and one that cannot be read is one CheckpointError naming it."""
+        path = Path(self.broadcast(str(checkpoint_path)))
+        if not is_sharded_checkpoint(path):
+            return super().load_checkpoint(path, weights_only)
+        try:
+            return restore_sharded(path, self.model, self.optimizers, strict=self.lightning_module.strict_loading)
+        except ValueError as err:
+            raise CheckpointError(str(err)) from None

@@ -1,8 +1,9 @@
 """Weights I/O: one loader for Apple's `depth_pro.pt`, `.safetensors` and Lightning `.ckpt` files.
 
-Every file is read with `weights_only=True` (no pickled code runs) and loaded
-strictly by default; a file that does not fit raises one ValueError naming the
-file and the first missing, unexpected and mis-shaped tensors.
+Every file is read with `weights_only=True`, a sharded checkpoint directory by
+dp_train.sharded's restricted readers (no pickled code runs), and loaded strictly
+by default; a file that does not fit raises one ValueError naming the file and the
+first missing, unexpected and mis-shaped tensors.
 """
 
 from __future__ import annotations
@@ -41,15 +42,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def _read_sharded_checkpoint(path: Path) -> dict:
     """The full state of a distributed (torch.distributed.checkpoint) checkpoint directory, gathered from its
-    shards into one process (as Lightning's `consolidate_checkpoint` tool does)."""
-    from lightning.fabric.utilities.load import _load_distributed_checkpoint
+    shards into one process, without running pickled code (see dp_train.sharded)."""
+    from dp_train.sharded import is_sharded_checkpoint, read_sharded_checkpoint
 
-    if not (path / ".metadata").is_file():
+    if not is_sharded_checkpoint(path):
         raise ValueError(f"{path} is a directory but not a sharded checkpoint (no .metadata file)")
-    try:
-        return _load_distributed_checkpoint(path)
-    except Exception as err:  # noqa: BLE001 - a damaged shard set means the same thing to the user
-        raise ValueError(f"cannot read sharded checkpoint {path}: {type(err).__name__}: {err}") from None
+    return read_sharded_checkpoint(path)
 
 
 def _network_tensors(obj: object, path: Path) -> dict[str, torch.Tensor]:
