@@ -28,6 +28,7 @@ from dp_train.data.schema import ShardIndexError
 from dp_train.data.stream import DataError
 from dp_train.model.config import DepthProConfig
 from dp_train.resume import AtomicCheckpointIO, CheckpointError, checkpoint_hparams
+from dp_train.saveconfig import VersionedSaveConfig
 from dp_train.slurm import Preempted, PreemptionCheckpoint, use_stable_wandb_run
 
 LIGHTNING_COMMANDS: dict[str, str] = {
@@ -183,7 +184,7 @@ def run_lightning(argv: list[str]) -> int:
             DepthDataModule,
             args=None if argv == sys.argv[1:] else argv,  # LightningCLI warns when given sys.argv twice
             trainer_defaults=TRAINER_DEFAULTS,
-            save_config_kwargs={"overwrite": True},
+            save_config_callback=VersionedSaveConfig,
             parser_kwargs={"prog": "dp_train"},
             parser_class=RecipeParser,
         )

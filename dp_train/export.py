@@ -16,12 +16,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True, type=Path,
                         help="Lightning checkpoint written by fit: a .ckpt file, or an FSDP run's sharded .ckpt directory")
     parser.add_argument("--out", required=True, type=Path, help="output file: .pt/.pth (torch) or .safetensors")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 
 def run(args: argparse.Namespace) -> int:
     """Write the network's tensors under the reference's names (loadable by Apple's code with strict=True)."""
     if args.out.suffix not in SUFFIXES:
         print(f"error: --out {args.out} must end in one of {', '.join(SUFFIXES)}", file=sys.stderr)
+        return 2
+    if args.out.exists() and (args.out.is_dir() or not args.overwrite):
+        what = "is a directory" if args.out.is_dir() else "exists: pass --overwrite to replace it"
+        print(f"error: --out {args.out} {what}", file=sys.stderr)
         return 2
     try:
         state = read_state_dict(args.ckpt)

@@ -35,8 +35,13 @@ FULL_FRAME_DIAGONAL_MM = math.hypot(36.0, 24.0)
 
 EXIT_OK, EXIT_ALL_FAILED, EXIT_USAGE = 0, 1, 2
 
+OUTPUT_SUFFIXES = (".npy", ".png")
+"""Files written per image: `<stem>.npy` and `<stem>.png`."""
+SUMMARY_FILES = ("summary.csv", "summary.json")
+
 EPILOG = """\
-outputs (in --output, created if needed; other files there are left alone):
+outputs (in --output, created if needed; other files there are left alone; an
+existing output file is replaced only with --overwrite, an input image never):
   <stem>.npy     float32 metric depth in metres, H x W of the (EXIF-rotated) image
   <stem>.png     colour-mapped inverse depth (near = red, far = blue), for viewing
   summary.csv / summary.json
@@ -104,6 +109,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dtype", choices=sorted(DTYPES), default="fp32", help="inference precision (default: %(default)s)"
     )
     parser.add_argument("--recursive", action="store_true", help="scan the input directory recursively")
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="replace existing outputs in --output and allow it to be the input folder (input images are never replaced)",
+    )
 
 
 # ---------------------------------------------------------------- inputs
@@ -144,14 +153,26 @@ def output_stems(images: list[Path], input_path: Path, output_dir: Path) -> list
     ]
 
 
-def check_no_overwrite(images: list[Path], stems: list[Path]) -> None:
-    """Refuse to run when an output file would replace one of the input images."""
+def check_outputs(images: list[Path], stems: list[Path], output_dir: Path, overwrite: bool) -> None:
+    """Never replace an input image. Unless `overwrite`, also refuse to write beside input images (a later run
+    would read the outputs as inputs) and to replace any existing file (outputs of an earlier run, or the user's)."""
+    targets = [stem.with_name(stem.name + suffix) for stem in stems for suffix in OUTPUT_SUFFIXES]
+    targets += [output_dir / name for name in SUMMARY_FILES]
     inputs = {p.resolve() for p in images}
-    for stem in stems:
-        for suffix in (".npy", ".png"):
-            target = stem.with_name(stem.name + suffix).resolve()
-            if target in inputs:
-                raise UsageError(f"output {target} would overwrite an input image; choose another --output")
+    for target in targets:
+        if target.resolve() in inputs:
+            raise UsageError(f"output {target} would overwrite an input image; choose another --output")
+    if overwrite:
+        return
+    beside = {stem.parent.resolve() for stem in stems} & {p.parent.resolve() for p in images}
+    if beside:
+        raise UsageError(f"--output {output_dir} would put outputs beside the input images in {min(beside)}; choose "
+                         "another folder (or pass --overwrite)")
+    existing = [t for t in targets if t.exists()]
+    if existing:
+        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+        raise UsageError(f"--output {output_dir} already holds {existing[0].name}{more}: pass --overwrite to replace "
+                         "them, or choose another folder")
 
 
 def load_image(path: Path) -> tuple[Image.Image, float | None]:
@@ -328,7 +349,7 @@ def _prepare(args: argparse.Namespace) -> tuple[list[Path], list[Path], DepthPro
     device, dtype = resolve_device(args.device), DTYPES[args.dtype]
     check_dtype_supported(device, dtype)
     stems = output_stems(images, args.input, args.output)
-    check_no_overwrite(images, stems)
+    check_outputs(images, stems, args.output, args.overwrite)
     model = load_model(args.weights, args.preset, args.vit_img_size)
     try:
         args.output.mkdir(parents=True, exist_ok=True)
