@@ -26,7 +26,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 
 from dp_train.data.schema import ShardIndexError
 from dp_train.data.stream import DataError
-from dp_train.model.config import DepthProConfig
+from dp_train.model.config import network_shape
 from dp_train.resume import AtomicCheckpointIO, CheckpointError, checkpoint_hparams
 from dp_train.saveconfig import VersionedSaveConfig
 from dp_train.slurm import Preempted, PreemptionCheckpoint, use_stable_wandb_run
@@ -90,13 +90,12 @@ class DepthProCLI(LightningCLI):
         path = config.get("ckpt_path") if config is not None else None
         if not path or not Path(path).exists():
             return
-        hparams = checkpoint_hparams(path)
+        shape = network_shape(checkpoint_hparams(path))
         model = config.model
-        if "preset" in hparams:
-            model.preset = hparams["preset"]
-        shape = {k: v for k, v in (hparams.get("network") or {}).items() if k not in DepthProConfig.RUNTIME_FIELDS}
+        if "preset" in shape:
+            model.preset = shape["preset"]
         run_as = {k: v for k, v in (model.network or {}).items() if k == "grad_checkpointing"}
-        model.network = shape | run_as
+        model.network = shape.get("network", {}) | run_as
         model.init_from = None
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from dp_train.model import PRESETS, DepthPro, DepthProConfig, build_depth_pro, read_state_dict
-from dp_train.model.weights import check_state_dict_fits
+from dp_train.model import PRESETS, DepthPro, DepthProConfig, build_depth_pro
+from dp_train.model.weights import check_state_dict_fits, config_for, read_weights
 from dp_train.visualize import colorize_inverse_depth
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
@@ -95,11 +95,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, type=Path, help="an image file or a directory of images")
     parser.add_argument("--output", required=True, type=Path, help="directory for the depth maps and summary")
     parser.add_argument(
-        "--preset", default="depth_pro_l", choices=sorted(PRESETS), help="network size (default: %(default)s)"
+        "--preset", default=None, choices=sorted(PRESETS),
+        help="network size (default: the one the weights record, i.e. a training checkpoint's or an exported "
+             ".safetensors'; else depth_pro_l)",
     )
     parser.add_argument(
         "--vit-img-size", type=int, default=None, metavar="PX",
-        help="override the preset's ViT input size (network input is 4x this); must match the weights",
+        help="override the ViT input size (network input is 4x this); must match the weights",
     )
     parser.add_argument(
         "--f-px", type=float, default=None, metavar="F", help="focal length in pixels for every image"
@@ -233,16 +235,16 @@ def check_dtype_supported(device: torch.device, dtype: torch.dtype) -> None:
         ) from None
 
 
-def load_model(weights: Path, preset: str, vit_img_size: int | None = None) -> DepthPro:
-    """Build the `preset` network and load `weights` strictly; the FOV head is included iff the weights have one."""
+def load_model(weights: Path, preset: str | None, vit_img_size: int | None = None) -> DepthPro:
+    """Build the network `weights` need and load them strictly. Its shape: `preset` if given, else the one the
+    weights record (a training checkpoint's hyper-parameters, an exported .safetensors' header), else
+    `depth_pro_l`; `vit_img_size` on top. The FOV head is included iff the weights have one."""
     try:
-        state = read_state_dict(weights)
-        overrides: dict[str, object] = {"fov_head": any(key.startswith("fov.") for key in state)}
-        if vit_img_size is not None:
-            overrides["vit_img_size"] = vit_img_size
-        model = build_depth_pro(DepthProConfig.preset(preset, **overrides))
+        state, shape = read_weights(weights)
+        overrides = {"vit_img_size": vit_img_size} if vit_img_size is not None else {}
+        model = build_depth_pro(config_for(state, {"preset": preset} if preset else shape, **overrides))
         check_state_dict_fits(model, state, str(weights))
-    except (FileNotFoundError, ValueError, KeyError) as err:
+    except (FileNotFoundError, ValueError, KeyError, TypeError) as err:
         raise UsageError(_one_line(err)) from None
     model.load_state_dict(state)
     return model.eval()
@@ -372,7 +374,8 @@ def _run(args: argparse.Namespace) -> int:
             tqdm.write(f"warning: skipping {path}: {reason}", file=sys.stderr)
             records.append(Record(str(path), error=reason))
     device = str(next(model.parameters()).device)
-    settings = {"weights": str(args.weights), "preset": args.preset, "device": device, "dtype": args.dtype}
+    network = {k: v for k, v in asdict(model.config).items() if k not in DepthProConfig.RUNTIME_FIELDS}
+    settings = {"weights": str(args.weights), "network": network, "device": device, "dtype": args.dtype}
     write_summary(records, args.output, settings)
     succeeded = sum(r.error is None for r in records)
     print(f"{succeeded}/{len(records)} images written to {args.output}", file=sys.stderr)
