@@ -20,7 +20,6 @@ writes them from rank 0 only and non-atomically. This module adds:
 from __future__ import annotations
 
 import os
-import pickle
 import random
 import shutil
 from dataclasses import dataclass, field
@@ -159,11 +158,11 @@ def checkpoint_hparams(path: str | Path) -> dict:
             raise CheckpointError(str(err)) from None
     try:
         checkpoint = _load_mapped(path)
-    except pickle.UnpicklingError:  # torch's message suggests weights_only=False: not for a file we cannot read
-        raise CheckpointError(f"{path}: not a torch checkpoint file (or it holds more than tensors and plain "
-                              "data)") from None
     except (RuntimeError, EOFError, OSError) as err:
         raise unreadable_checkpoint(path, err) from None
+    except Exception:  # noqa: BLE001 - the unpickler refused (UnpicklingError) or choked (on text: IndexError, ...)
+        raise CheckpointError(f"{path}: not a torch checkpoint file (or it holds more than tensors and plain "
+                              "data)") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path}: network weights, not a training checkpoint: pass them as --weights")
     return dict(checkpoint.get("hyper_parameters") or {})
