@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from dp_train.cli import main
-from dp_train.model import DepthProConfig, build_depth_pro, load_weights
+from dp_train.model import DepthProConfig, build_depth_pro, load_weights, save_weights
 from dp_train.model.weights import read_weights
 from dp_train.resume import checkpoint_hparams
 from tests.test_sharded import Holder, write_sharded
@@ -80,6 +80,13 @@ def test_an_exported_safetensors_predicts_without_flags(last_ckpt, tmp_path):
     out = tmp_path / "model.safetensors"
     assert main(["export", "--ckpt", str(last_ckpt), "--out", str(out)]) == 0
     assert predict(out, tmp_path) == 0
+
+
+def test_saved_safetensors_record_the_network_shape(tmp_path, net):
+    save_weights(net, tmp_path / "w.safetensors")
+    state, shape = read_weights(tmp_path / "w.safetensors")
+    assert DepthProConfig.from_shape(shape) == net.config and state.keys() == net.state_dict().keys()
+    assert predict(tmp_path / "w.safetensors", tmp_path) == 0
 
 
 def test_export_refuses_tensors_that_do_not_form_the_recorded_network(tmp_path, net, capsys):

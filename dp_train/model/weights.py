@@ -8,6 +8,7 @@ first missing, unexpected and mis-shaped tensors.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -129,8 +130,11 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> Non
 
 
 def save_weights(model: nn.Module, path: str | Path) -> None:
-    """Write the network's state dict as .safetensors or a torch file, atomically (temp + rename)."""
-    save_state_dict(model.state_dict(), path)
+    """Write the network's state dict as .safetensors or a torch file, atomically (temp + rename); a Depth Pro
+    network's shape goes into a .safetensors header (see `save_state_dict`)."""
+    config = getattr(model, "config", None)
+    shape = network_shape({"network": dataclasses.asdict(config)}) if isinstance(config, DepthProConfig) else None
+    save_state_dict(model.state_dict(), path, shape)
 
 
 def save_state_dict(state: dict[str, torch.Tensor], path: str | Path, shape: dict[str, Any] | None = None) -> None:
