@@ -109,7 +109,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recursive", action="store_true", help="scan the input directory recursively")
     parser.add_argument(
         "--overwrite", action="store_true",
-        help="replace existing outputs in --output and allow it to be the input folder (input images are never replaced)",
+        help="replace existing outputs in --output and allow it to be the input folder (input images are never "
+             "replaced)",
     )
 
 

@@ -126,7 +126,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             tmp.unlink(missing_ok=True)
 
     def load_checkpoint(self, path: str | Path, *args: Any, **kwargs: Any) -> dict:
-        """Read a checkpoint; a missing, truncated or corrupt file raises one CheckpointError naming it."""
+        """Read a checkpoint with `weights_only=True` whatever the caller or TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD say (no
+        pickled code runs); a missing, truncated or corrupt file raises one CheckpointError naming it."""
+        kwargs["weights_only"] = True
         if not get_filesystem(path).exists(path):
             raise CheckpointError(f"{path}: checkpoint not found")
         if is_sharded_checkpoint(path):
@@ -139,7 +141,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def unreadable_checkpoint(path: str | Path, err: Exception) -> CheckpointError:
-    """The one-line error for a checkpoint file that cannot be read, with the reader's first line."""
+    """The one-line error for a checkpoint file that cannot be read. torch's reader failing (RuntimeError,
+    EOFError, OSError) means a truncated or corrupt file, told with its first line; the unpickler refusing or
+    choking (UnpicklingError, or IndexError/KeyError on text) means no torch file, or one holding more than tensors
+    and plain data (torch's own message would suggest `weights_only=False`, which runs such a file's code)."""
+    if not isinstance(err, (RuntimeError, EOFError, OSError)):
+        return CheckpointError(f"{path}: not a torch checkpoint file (or it holds more than tensors and plain data)")
     first_line = str(err).splitlines()[0] if str(err) else ""
     return CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {type(err).__name__}: "
                            f"{first_line}")
@@ -158,11 +165,8 @@ def checkpoint_hparams(path: str | Path) -> dict:
             raise CheckpointError(str(err)) from None
     try:
         checkpoint = _load_mapped(path)
-    except (RuntimeError, EOFError, OSError) as err:
+    except Exception as err:  # noqa: BLE001 - any reader failure means an unusable file
         raise unreadable_checkpoint(path, err) from None
-    except Exception:  # noqa: BLE001 - the unpickler refused (UnpicklingError) or choked (on text: IndexError, ...)
-        raise CheckpointError(f"{path}: not a torch checkpoint file (or it holds more than tensors and plain "
-                              "data)") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path}: network weights, not a training checkpoint: pass them as --weights")
     return dict(checkpoint.get("hyper_parameters") or {})
@@ -207,11 +211,11 @@ class AtomicModelParallelStrategy(ModelParallelStrategy):
         self.barrier()
 
     def load_checkpoint(self, checkpoint_path: str | Path, weights_only: bool | None = None) -> dict[str, Any]:
-        """Lightning's loading for a checkpoint file; a sharded directory is read without running pickled code
-        (dp_train.sharded), and one that cannot be read is one CheckpointError naming it."""
+        """Lightning's loading for a checkpoint file (with `weights_only=True`); a sharded directory is read without
+        running pickled code (dp_train.sharded), and one that cannot be read is one CheckpointError naming it."""
         path = Path(self.broadcast(str(checkpoint_path)))
         if not is_sharded_checkpoint(path):
-            return super().load_checkpoint(path, weights_only)
+            return super().load_checkpoint(path, weights_only=True)
         try:
             return restore_sharded(path, self.model, self.optimizers, strict=self.lightning_module.strict_loading)
         except ValueError as err:
