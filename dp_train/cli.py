@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import NoReturn
 
 
-from jsonargparse import ActionConfigFile, lazy_instance
+from jsonargparse import lazy_instance
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import WeightAveraging
@@ -28,6 +28,7 @@ from dp_train.data.schema import ShardIndexError
 from dp_train.data.stream import DataError
 from dp_train.model.config import network_shape
 from dp_train.resume import AtomicCheckpointIO, CheckpointError, checkpoint_hparams
+from dp_train.recipe_file import RecipeFile
 from dp_train.saveconfig import VersionedSaveConfig
 from dp_train.slurm import Preempted, PreemptionCheckpoint, use_stable_wandb_run
 
@@ -75,7 +76,8 @@ class DepthProCLI(LightningCLI):
         """Every subcommand's parser, with `--recipe` (alias `-c`) as its config-file flag."""
         parser = self.parser_class(**kwargs)
         parser.add_argument(
-            "-c", "--recipe", action=ActionConfigFile, help="recipe YAML; repeatable, later files override earlier ones"
+            "-c", "--recipe", action=RecipeFile,
+            help="recipe YAML; repeatable, later files override earlier ones (mappings such as model.network key by key)",
         )
         return parser
 
