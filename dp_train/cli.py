@@ -28,6 +28,7 @@ from dp_train.data.schema import ShardIndexError
 from dp_train.data.stream import DataError
 from dp_train.model.config import network_shape
 from dp_train.resume import AtomicCheckpointIO, CheckpointError, checkpoint_hparams
+from dp_train.recipe_checks import check_recipe
 from dp_train.recipe_file import RecipeFile
 from dp_train.saveconfig import VersionedSaveConfig
 from dp_train.slurm import Preempted, PreemptionCheckpoint, use_stable_wandb_run
@@ -113,9 +114,11 @@ class DepthProCLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         """Build the model, data and trainer. What they refuse (an unknown preset or network field, a weights
-        file that is missing or does not fit, conflicting trainer settings) is a `RecipeError`, one line."""
+        file that is missing or does not fit, conflicting trainer settings) and what does not fit together
+        (`check_recipe`) is a `RecipeError`, one line."""
         try:
             super().instantiate_classes()
+            check_recipe(self.subcommand, self.model, self.datamodule, self.trainer)
         except (ValueError, KeyError, FileNotFoundError, MisconfigurationException) as err:
             message = err.args[0] if isinstance(err, KeyError) and err.args else err
             raise RecipeError(str(message)) from None

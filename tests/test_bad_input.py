@@ -30,3 +30,46 @@ def test_a_checkpoint_file_never_runs_pickled_code_even_when_torch_is_told_to(tm
     with pytest.raises(CheckpointError, match=f"{path}: not a torch checkpoint file .or it holds more than tensors"):
         AtomicCheckpointIO().load_checkpoint(path)
     assert not (tmp_path / "MARKER").exists()
+
+
+SOURCE = {"name": "s", "urls": "s-000.tar"}
+
+
+@pytest.mark.parametrize(("override", "culprit"), [
+    ("--data.batch_size=0", 'Parser key "data.batch_size": Not of type PositiveInt'),
+    ("--data.batch_size=-2", 'Parser key "data.batch_size": Not of type PositiveInt'),
+    ("--data.num_workers=-1", 'Parser key "data.num_workers": Not of type NonNegativeInt'),
+    ("--data.samples_per_epoch=0", 'Parser key "data.samples_per_epoch": Not of type PositiveInt'),
+    ("--data.max_bad_fraction=-0.1", 'Parser key "data.max_bad_fraction": Not of type ClosedUnitInterval'),
+    ("--data.image_size=640", "data.image_size=640 does not fit the network, which takes 512 px "
+                              "(4 x model.network.vit_img_size=128)"),
+    ("--data.train_sources=[]", "data.train_sources is empty: fit needs at least one training source"),
+    (f"--data.train_sources=[{SOURCE}, {SOURCE}]", "data.train_sources: more than one source is named 's'"),
+    (f"--data.val_sources=[{SOURCE}, {SOURCE}]", "data.val_sources: more than one source is named 's'"),
+    (f"--data.train_sources=[{SOURCE | {'weight': -1}}]", "data.train_sources: source 's' has weight -1.0"),
+    (f"--data.train_sources=[{SOURCE | {'weight': 0}}]", "data.train_sources: every source has weight 0"),
+])
+def test_a_recipe_value_that_cannot_work_is_one_error_line_before_any_work(tmp_path, capsys, override, culprit):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "trainer": {"logger": False}, "model": {"preset": "tiny", "network": {"vit_img_size": 128}},
+        "data": {"image_size": 512, "train_sources": [SOURCE], "num_workers": 0}}))
+    try:
+        code = main(["fit", "--recipe", str(recipe), override])
+    except SystemExit as stop:  # parsing errors exit from the parser
+        code = stop.code
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith(("error:", "Traceback"))]
+    assert code and len(errors) == 1 and errors[0].startswith(f"error: {culprit}"), errors
+
+
+def test_a_checkpoint_folder_that_is_a_file_is_refused_before_training(tmp_path, capsys):
+    (tmp_path / "ckpt").write_text("a file")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "trainer": {"logger": False, "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                                    "init_args": {"dirpath": str(tmp_path / "ckpt")}}]},
+        "model": {"preset": "tiny", "network": {"vit_img_size": 128}},
+        "data": {"image_size": 512, "train_sources": [SOURCE]}}))
+    assert main(["fit", "--recipe", str(recipe)]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: trainer.callbacks: ModelCheckpoint dirpath {tmp_path / 'ckpt'} is a file, not a folder")

@@ -1,0 +1,56 @@
+"""Checks across a recipe's objects, before any work: values each class accepts alone but not together.
+
+Ranges of single values are the classes' own type hints (jsonargparse refuses `data.batch_size: 0` at
+parsing); what is checked here needs two objects (the data's image size and the network) or a whole list
+(sources). Each failure is one ValueError naming the recipe key, which the CLI prints as one `error:` line.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def check_recipe(subcommand: str | None, model: Any, datamodule: Any, trainer: Any) -> None:
+    """Raise one ValueError for the first inconsistency of the instantiated recipe."""
+    check_image_size(model, datamodule)
+    check_weights("data.train_sources", datamodule.train_sources)
+    for key in ("train_sources", "val_sources", "test_sources"):
+        check_names(f"data.{key}", getattr(datamodule, key))
+    if subcommand == "fit":
+        if not datamodule.train_sources:
+            raise ValueError("data.train_sources is empty: fit needs at least one training source")
+        check_checkpoint_dirs(trainer)
+
+
+def check_image_size(model: Any, datamodule: Any) -> None:
+    """The data must be cut to the network's input side (4 x its ViT input), or the first batch fails."""
+    config = model.net.config
+    if datamodule.image_size != config.img_size:
+        raise ValueError(f"data.image_size={datamodule.image_size} does not fit the network, which takes "
+                         f"{config.img_size} px (4 x model.network.vit_img_size={config.vit_img_size})")
+
+
+def check_names(key: str, sources: list) -> None:
+    """Source names are unique: metrics, logs and the resume position are keyed by them."""
+    names = [source.name for source in sources]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"{key}: more than one source is named {repeated[0]!r}")
+
+
+def check_weights(key: str, sources: list) -> None:
+    """Mixing weights are finite, >= 0 and not all 0."""
+    for source in sources:
+        if not 0 <= source.weight < float("inf"):
+            raise ValueError(f"{key}: source {source.name!r} has weight {source.weight}: weights must be >= 0")
+    if sources and not any(source.weight > 0 for source in sources):
+        raise ValueError(f"{key}: every source has weight 0")
+
+
+def check_checkpoint_dirs(trainer: Any) -> None:
+    """A checkpoint folder that is a file would fail at the first save, after the training it was to keep."""
+    for callback in trainer.checkpoint_callbacks:
+        dirpath = getattr(callback, "dirpath", None)
+        if dirpath and "://" not in str(dirpath) and os.path.isfile(dirpath):
+            raise ValueError(f"trainer.callbacks: {type(callback).__name__} dirpath {dirpath} is a file, not a folder")
