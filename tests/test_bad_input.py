@@ -36,11 +36,14 @@ SOURCE = {"name": "s", "urls": "s-000.tar"}
 
 
 @pytest.mark.parametrize(("override", "culprit"), [
-    ("--data.batch_size=0", 'Parser key "data.batch_size": Not of type PositiveInt'),
-    ("--data.batch_size=-2", 'Parser key "data.batch_size": Not of type PositiveInt'),
-    ("--data.num_workers=-1", 'Parser key "data.num_workers": Not of type NonNegativeInt'),
-    ("--data.samples_per_epoch=0", 'Parser key "data.samples_per_epoch": Not of type PositiveInt'),
-    ("--data.max_bad_fraction=-0.1", 'Parser key "data.max_bad_fraction": Not of type ClosedUnitInterval'),
+    ("--data.batch_size=0", "data.batch_size=0: must be >= 1"),
+    ("--data.batch_size=-2", "data.batch_size=-2: must be >= 1"),
+    ("--data.val_batch_size=-1", "data.val_batch_size=-1: must be >= 1"),
+    ("--data.num_workers=-1", "data.num_workers=-1: must be >= 0"),
+    ("--data.samples_per_epoch=0", "data.samples_per_epoch=0: must be >= 1"),
+    ("--data.shuffle_buffer=0", "data.shuffle_buffer=0: must be >= 1"),
+    ("--data.max_bad_fraction=-0.1", "data.max_bad_fraction=-0.1: must be in [0, 1]"),
+    ("--data.max_bad_fraction=1.5", "data.max_bad_fraction=1.5: must be in [0, 1]"),
     ("--data.image_size=640", "data.image_size=640 does not fit the network, which takes 512 px "
                               "(4 x model.network.vit_img_size=128)"),
     ("--data.train_sources=[]", "data.train_sources is empty: fit needs at least one training source"),
@@ -54,10 +57,7 @@ def test_a_recipe_value_that_cannot_work_is_one_error_line_before_any_work(tmp_p
     recipe.write_text(yaml.safe_dump({
         "trainer": {"logger": False}, "model": {"preset": "tiny", "network": {"vit_img_size": 128}},
         "data": {"image_size": 512, "train_sources": [SOURCE], "num_workers": 0}}))
-    try:
-        code = main(["fit", "--recipe", str(recipe), override])
-    except SystemExit as stop:  # parsing errors exit from the parser
-        code = stop.code
+    code = main(["fit", "--recipe", str(recipe), override])
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith(("error:", "Traceback"))]
     assert code and len(errors) == 1 and errors[0].startswith(f"error: {culprit}"), errors
 

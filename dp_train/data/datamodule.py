@@ -11,7 +11,6 @@ from typing import Any
 
 import cv2
 import lightning as L
-from jsonargparse.typing import ClosedUnitInterval, NonNegativeInt, PositiveInt
 from torch.utils.data import DataLoader
 
 from dp_train.data.augment import AugmentConfig, EvalTransform, TrainTransform
@@ -102,16 +101,16 @@ class DepthDataModule(L.LightningDataModule):
         train_sources: list[SourceConfig] | None = None,
         val_sources: list[SourceConfig] | None = None,
         test_sources: list[SourceConfig] | None = None,
-        image_size: PositiveInt = 1536,
-        batch_size: PositiveInt = 1,
-        val_batch_size: PositiveInt | None = None,
-        samples_per_epoch: PositiveInt = 10_000,
-        num_workers: NonNegativeInt = 4,
+        image_size: int = 1536,
+        batch_size: int = 1,
+        val_batch_size: int | None = None,
+        samples_per_epoch: int = 10_000,
+        num_workers: int = 4,
         worker_start_method: str | None = "auto",
         augment: AugmentConfig | None = None,
-        shuffle_buffer: PositiveInt = 32,
+        shuffle_buffer: int = 32,
         seed: int = 0,
-        max_bad_fraction: ClosedUnitInterval = 0.05,
+        max_bad_fraction: float = 0.05,
         pin_memory: bool = True,
     ) -> None:
         super().__init__()
