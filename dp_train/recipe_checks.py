@@ -28,6 +28,7 @@ def check_recipe(subcommand: str | None, model: Any, datamodule: Any, trainer: A
     check_weights("data.train_sources", datamodule.train_sources)
     for key in ("train_sources", "val_sources", "test_sources"):
         check_names(f"data.{key}", getattr(datamodule, key))
+        check_shard_lists(f"data.{key}", getattr(datamodule, key))
     if subcommand == "fit":
         if not datamodule.train_sources:
             raise ValueError("data.train_sources is empty: fit needs at least one training source")
@@ -57,6 +58,16 @@ def check_names(key: str, sources: list) -> None:
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise ValueError(f"{key}: more than one source is named {repeated[0]!r}")
+
+
+def check_shard_lists(key: str, sources: list) -> None:
+    """Every source lists at least one shard (brace patterns expanded, local index files read; whether the shards
+    exist is checked when the data is set up)."""
+    for source in sources:
+        try:
+            source.shard_urls()
+        except ValueError as err:
+            raise ValueError(f"{key}: {err}") from None
 
 
 def check_weights(key: str, sources: list) -> None:

@@ -1,6 +1,8 @@
-"""Bad inputs outside the recipe are one `error:` line naming the culprit, never a traceback."""
+"""Bad inputs (recipe values, checkpoint files, sources) are one `error:` line naming the culprit, never a traceback."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -51,6 +53,7 @@ SOURCE = {"name": "s", "urls": "s-000.tar"}
     (f"--data.val_sources=[{SOURCE}, {SOURCE}]", "data.val_sources: more than one source is named 's'"),
     (f"--data.train_sources=[{SOURCE | {'weight': -1}}]", "data.train_sources: source 's' has weight -1.0"),
     (f"--data.train_sources=[{SOURCE | {'weight': 0}}]", "data.train_sources: every source has weight 0"),
+    ("--data.val_sources=[{name: v, urls: []}]", "data.val_sources: source 'v' has no shard URLs"),
 ])
 def test_a_recipe_value_that_cannot_work_is_one_error_line_before_any_work(tmp_path, capsys, override, culprit):
     recipe = tmp_path / "r.yaml"
@@ -73,3 +76,16 @@ def test_a_checkpoint_folder_that_is_a_file_is_refused_before_training(tmp_path,
     assert main(["fit", "--recipe", str(recipe)]) == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"error: trainer.callbacks: ModelCheckpoint dirpath {tmp_path / 'ckpt'} is a file, not a folder")
+
+
+def test_a_source_whose_index_lists_no_shards_is_one_error_line_before_any_work(tmp_path, capsys):
+    index = tmp_path / "empty.index.json"
+    index.write_text(json.dumps({"schema_version": 1, "prefix": "empty", "complete": True, "depth_format": "npy16",
+                                 "image_format": "jpg", "samples": 0, "shards": []}))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "trainer": {"logger": False}, "model": {"preset": "tiny", "network": {"vit_img_size": 128}},
+        "data": {"image_size": 512, "train_sources": [{"name": "empty", "urls": str(index)}]}}))
+    assert main(["fit", "--recipe", str(recipe)]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: data.train_sources: source 'empty' has no shard URLs")
