@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import NoReturn
 
 
-from jsonargparse import ActionConfigFile, lazy_instance
+from jsonargparse import lazy_instance
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import WeightAveraging
@@ -26,8 +26,11 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 
 from dp_train.data.schema import ShardIndexError
 from dp_train.data.stream import DataError
-from dp_train.model.config import DepthProConfig
+from dp_train.model.config import network_shape
 from dp_train.resume import AtomicCheckpointIO, CheckpointError, checkpoint_hparams
+from dp_train.recipe_checks import check_recipe
+from dp_train.recipe_file import RecipeFile
+from dp_train.saveconfig import VersionedSaveConfig
 from dp_train.slurm import SIGNALS, Preempted, PreemptionCheckpoint, start_wandb_service, use_stable_wandb_run
 
 LIGHTNING_COMMANDS: dict[str, str] = {
@@ -74,27 +77,28 @@ class DepthProCLI(LightningCLI):
         """Every subcommand's parser, with `--recipe` (alias `-c`) as its config-file flag."""
         parser = self.parser_class(**kwargs)
         parser.add_argument(
-            "-c", "--recipe", action=ActionConfigFile, help="recipe YAML; repeatable, later files override earlier ones"
+            "-c", "--recipe", action=RecipeFile,
+            help="recipe YAML; repeatable, later files override earlier ones (mappings such as model.network key by key)",
         )
         return parser
 
     def _parse_ckpt_path(self) -> None:
-        """With `--ckpt_path FILE`, the checkpoint decides the network's shape (`model.preset` and the shape fields
-        of `model.network`: its weights have that shape) and nothing else. The recipe's other `model` values stand
-        (Lightning would replace them all with the checkpoint's, e.g. an evaluation recipe's `boundary_metrics`),
-        and `model.init_from` is dropped: the weights come from the checkpoint, and the file a training run
-        started from need not exist where its checkpoint is evaluated. An unreadable file is one error line."""
+        """With `--ckpt_path` (a file or a sharded directory), the checkpoint decides the network's shape
+        (`model.preset` and the shape fields of `model.network`: its weights have that shape) and nothing else. The
+        recipe's other `model` values stand (Lightning would replace them all with the checkpoint's, e.g. an
+        evaluation recipe's `boundary_metrics`), and `model.init_from` is dropped: the weights come from the
+        checkpoint, and the file a training run started from need not exist where its checkpoint is evaluated. An
+        unreadable checkpoint is one error line."""
         config = self.config.get(self.config.get("subcommand") or "")
         path = config.get("ckpt_path") if config is not None else None
-        if not path or not Path(path).is_file():
+        if not path or not Path(path).exists():
             return
-        hparams = checkpoint_hparams(path)
+        shape = network_shape(checkpoint_hparams(path))
         model = config.model
-        if "preset" in hparams:
-            model.preset = hparams["preset"]
-        shape = {k: v for k, v in (hparams.get("network") or {}).items() if k not in DepthProConfig.RUNTIME_FIELDS}
+        if "preset" in shape:
+            model.preset = shape["preset"]
         run_as = {k: v for k, v in (model.network or {}).items() if k == "grad_checkpointing"}
-        model.network = shape | run_as
+        model.network = shape.get("network", {}) | run_as
         model.init_from = None
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -110,9 +114,11 @@ class DepthProCLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         """Build the model, data and trainer. What they refuse (an unknown preset or network field, a weights
-        file that is missing or does not fit, conflicting trainer settings) is a `RecipeError`, one line."""
+        file that is missing or does not fit, conflicting trainer settings) and what does not fit together
+        (`check_recipe`) is a `RecipeError`, one line."""
         try:
             super().instantiate_classes()
+            check_recipe(self.subcommand, self.model, self.datamodule, self.trainer)
         except (ValueError, KeyError, FileNotFoundError, MisconfigurationException) as err:
             message = err.args[0] if isinstance(err, KeyError) and err.args else err
             raise RecipeError(str(message)) from None
@@ -190,7 +196,7 @@ def run_lightning(argv: list[str]) -> int:
             DepthDataModule,
             args=None if argv == sys.argv[1:] else argv,  # LightningCLI warns when given sys.argv twice
             trainer_defaults=TRAINER_DEFAULTS,
-            save_config_kwargs={"overwrite": True},
+            save_config_callback=VersionedSaveConfig,
             parser_kwargs={"prog": "dp_train"},
             parser_class=RecipeParser,
         )

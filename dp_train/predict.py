@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
-from dp_train.model import PRESETS, DepthPro, DepthProConfig, build_depth_pro, read_state_dict
-from dp_train.model.weights import check_state_dict_fits
+from dp_train.images import focal_35mm_to_px, image_to_tensor, load_image
+from dp_train.model import PRESETS, DepthPro, DepthProConfig, build_depth_pro
+from dp_train.model.weights import check_state_dict_fits, config_for, read_weights
 from dp_train.visualize import colorize_inverse_depth
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
@@ -28,15 +29,15 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-EXIF_IFD = 0x8769
-"""Pointer to the Exif sub-IFD, where cameras put `FocalLengthIn35mmFilm`."""
-FOCAL_35MM_TAG = 0xA405
-FULL_FRAME_DIAGONAL_MM = math.hypot(36.0, 24.0)
-
 EXIT_OK, EXIT_ALL_FAILED, EXIT_USAGE = 0, 1, 2
 
+OUTPUT_SUFFIXES = (".npy", ".png")
+"""Files written per image: `<stem>.npy` and `<stem>.png`."""
+SUMMARY_FILES = ("summary.csv", "summary.json")
+
 EPILOG = """\
-outputs (in --output, created if needed; other files there are left alone):
+outputs (in --output, created if needed; other files there are left alone; an
+existing output file is replaced only with --overwrite, an input image never):
   <stem>.npy     float32 metric depth in metres, H x W of the (EXIF-rotated) image
   <stem>.png     colour-mapped inverse depth (near = red, far = blue), for viewing
   summary.csv / summary.json
@@ -90,11 +91,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, type=Path, help="an image file or a directory of images")
     parser.add_argument("--output", required=True, type=Path, help="directory for the depth maps and summary")
     parser.add_argument(
-        "--preset", default="depth_pro_l", choices=sorted(PRESETS), help="network size (default: %(default)s)"
+        "--preset", default=None, choices=sorted(PRESETS),
+        help="network size (default: the one the weights record, i.e. a training checkpoint's or an exported "
+             ".safetensors'; else depth_pro_l)",
     )
     parser.add_argument(
         "--vit-img-size", type=int, default=None, metavar="PX",
-        help="override the preset's ViT input size (network input is 4x this); must match the weights",
+        help="override the ViT input size (network input is 4x this); must match the weights",
     )
     parser.add_argument(
         "--f-px", type=float, default=None, metavar="F", help="focal length in pixels for every image"
@@ -104,6 +107,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dtype", choices=sorted(DTYPES), default="fp32", help="inference precision (default: %(default)s)"
     )
     parser.add_argument("--recursive", action="store_true", help="scan the input directory recursively")
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="replace existing outputs in --output and allow it to be the input folder (input images are never "
+             "replaced)",
+    )
 
 
 # ---------------------------------------------------------------- inputs
@@ -144,45 +152,26 @@ def output_stems(images: list[Path], input_path: Path, output_dir: Path) -> list
     ]
 
 
-def check_no_overwrite(images: list[Path], stems: list[Path]) -> None:
-    """Refuse to run when an output file would replace one of the input images."""
+def check_outputs(images: list[Path], stems: list[Path], output_dir: Path, overwrite: bool) -> None:
+    """Never replace an input image. Unless `overwrite`, also refuse to write beside input images (a later run
+    would read the outputs as inputs) and to replace any existing file (outputs of an earlier run, or the user's)."""
+    targets = [stem.with_name(stem.name + suffix) for stem in stems for suffix in OUTPUT_SUFFIXES]
+    targets += [output_dir / name for name in SUMMARY_FILES]
     inputs = {p.resolve() for p in images}
-    for stem in stems:
-        for suffix in (".npy", ".png"):
-            target = stem.with_name(stem.name + suffix).resolve()
-            if target in inputs:
-                raise UsageError(f"output {target} would overwrite an input image; choose another --output")
-
-
-def load_image(path: Path) -> tuple[Image.Image, float | None]:
-    """Open `path` as upright RGB (EXIF orientation applied); also return EXIF FocalLengthIn35mmFilm or None."""
-    with Image.open(path) as img:
-        img.load()
-        focal_35mm = exif_focal_35mm(img)
-        upright = ImageOps.exif_transpose(img)
-        return upright.convert("RGB"), focal_35mm
-
-
-def exif_focal_35mm(img: Image.Image) -> float | None:
-    """`FocalLengthIn35mmFilm` from the Exif IFD (or, misplaced, IFD0); None when absent or zero."""
-    exif = img.getexif()
-    value = exif.get_ifd(EXIF_IFD).get(FOCAL_35MM_TAG, exif.get(FOCAL_35MM_TAG))
-    try:
-        value = float(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
-    return value if value and math.isfinite(value) and value > 0 else None
-
-
-def focal_35mm_to_px(focal_35mm: float, width: int, height: int) -> float:
-    """Convert a 35 mm-equivalent focal length to pixels by matching the image and film diagonals."""
-    return focal_35mm * math.hypot(width, height) / FULL_FRAME_DIAGONAL_MM
-
-
-def image_to_tensor(img: Image.Image) -> torch.Tensor:
-    """RGB PIL image -> (3, H, W) float32 tensor in [-1, 1]."""
-    array = np.asarray(img, dtype=np.float32)
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous() / 255.0 * 2.0 - 1.0
+    for target in targets:
+        if target.resolve() in inputs:
+            raise UsageError(f"output {target} would overwrite an input image; choose another --output")
+    if overwrite:
+        return
+    beside = {stem.parent.resolve() for stem in stems} & {p.parent.resolve() for p in images}
+    if beside:
+        raise UsageError(f"--output {output_dir} would put outputs beside the input images in {min(beside)}; choose "
+                         "another folder (or pass --overwrite)")
+    existing = [t for t in targets if t.exists()]
+    if existing:
+        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+        raise UsageError(f"--output {output_dir} already holds {existing[0].name}{more}: pass --overwrite to replace "
+                         "them, or choose another folder")
 
 
 # ---------------------------------------------------------------- model
@@ -212,16 +201,16 @@ def check_dtype_supported(device: torch.device, dtype: torch.dtype) -> None:
         ) from None
 
 
-def load_model(weights: Path, preset: str, vit_img_size: int | None = None) -> DepthPro:
-    """Build the `preset` network and load `weights` strictly; the FOV head is included iff the weights have one."""
+def load_model(weights: Path, preset: str | None, vit_img_size: int | None = None) -> DepthPro:
+    """Build the network `weights` need and load them strictly. Its shape: `preset` if given, else the one the
+    weights record (a training checkpoint's hyper-parameters, an exported .safetensors' header), else
+    `depth_pro_l`; `vit_img_size` on top. The FOV head is included iff the weights have one."""
     try:
-        state = read_state_dict(weights)
-        overrides: dict[str, object] = {"fov_head": any(key.startswith("fov.") for key in state)}
-        if vit_img_size is not None:
-            overrides["vit_img_size"] = vit_img_size
-        model = build_depth_pro(DepthProConfig.preset(preset, **overrides))
+        state, shape = read_weights(weights)
+        overrides = {"vit_img_size": vit_img_size} if vit_img_size is not None else {}
+        model = build_depth_pro(config_for(state, {"preset": preset} if preset else shape, **overrides))
         check_state_dict_fits(model, state, str(weights))
-    except (FileNotFoundError, ValueError, KeyError) as err:
+    except (FileNotFoundError, ValueError, KeyError, TypeError) as err:
         raise UsageError(_one_line(err)) from None
     model.load_state_dict(state)
     return model.eval()
@@ -263,7 +252,7 @@ def depth_stats(depth: np.ndarray) -> tuple[float, float, float]:
 def process_image(model: DepthPro, path: Path, stem: Path, f_px: float | None) -> Record:
     """Predict one image and write `<stem>.npy` / `<stem>.png`; errors raise (the caller records them)."""
     img, focal_35mm = load_image(path)
-    width, height = img.size
+    height, width = img.shape[:2]
     focal, source = choose_focal(f_px, focal_35mm, width, height)
     depth, focal = predict_depth(model, image_to_tensor(img), focal)
     npy, png = stem.with_name(stem.name + ".npy"), stem.with_name(stem.name + ".png")
@@ -328,7 +317,7 @@ def _prepare(args: argparse.Namespace) -> tuple[list[Path], list[Path], DepthPro
     device, dtype = resolve_device(args.device), DTYPES[args.dtype]
     check_dtype_supported(device, dtype)
     stems = output_stems(images, args.input, args.output)
-    check_no_overwrite(images, stems)
+    check_outputs(images, stems, args.output, args.overwrite)
     model = load_model(args.weights, args.preset, args.vit_img_size)
     try:
         args.output.mkdir(parents=True, exist_ok=True)
@@ -351,7 +340,8 @@ def _run(args: argparse.Namespace) -> int:
             tqdm.write(f"warning: skipping {path}: {reason}", file=sys.stderr)
             records.append(Record(str(path), error=reason))
     device = str(next(model.parameters()).device)
-    settings = {"weights": str(args.weights), "preset": args.preset, "device": device, "dtype": args.dtype}
+    network = {k: v for k, v in asdict(model.config).items() if k not in DepthProConfig.RUNTIME_FIELDS}
+    settings = {"weights": str(args.weights), "network": network, "device": device, "dtype": args.dtype}
     write_summary(records, args.output, settings)
     succeeded = sum(r.error is None for r in records)
     print(f"{succeeded}/{len(records)} images written to {args.output}", file=sys.stderr)

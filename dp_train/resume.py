@@ -15,13 +15,13 @@ writes them from rank 0 only and non-atomically. This module adds:
   kill while saving never leaves a truncated `last.ckpt`, and a corrupt or
   truncated checkpoint is refused with one line naming the file;
 - `AtomicModelParallelStrategy`: Lightning's FSDP2 strategy with the same guarantee
-  for its sharded checkpoint directories (written beside, then swapped in).
+  for its sharded checkpoint directories (written beside, then swapped in), which
+  it reads without running pickled code (dp_train.sharded).
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 import random
 import shutil
 from dataclasses import dataclass, field
@@ -34,6 +34,8 @@ import torch.distributed as dist
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import ModelParallelStrategy
+
+from dp_train.sharded import is_sharded_checkpoint, read_sharded_meta, restore_sharded
 
 
 class CheckpointError(RuntimeError):
@@ -137,9 +139,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             tmp.unlink(missing_ok=True)
 
     def load_checkpoint(self, path: str | Path, *args: Any, **kwargs: Any) -> dict:
-        """Read a checkpoint; a missing, truncated or corrupt file raises one CheckpointError naming it."""
+        """Read a checkpoint with `weights_only=True` whatever the caller or TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD say (no
+        pickled code runs); a missing, truncated or corrupt file raises one CheckpointError naming it."""
+        kwargs["weights_only"] = True
         if not get_filesystem(path).exists(path):
             raise CheckpointError(f"{path}: checkpoint not found")
+        if is_sharded_checkpoint(path):
+            raise CheckpointError(f"{path}: a sharded (FSDP) checkpoint directory: resume it with the strategy that "
+                                  "wrote it (ModelParallelStrategy), or start a new run from it with --weights")
         try:
             return super().load_checkpoint(path, *args, **kwargs)
         except Exception as err:  # noqa: BLE001 - any unpickling/zip failure means an unusable file
@@ -147,23 +154,31 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def unreadable_checkpoint(path: str | Path, err: Exception) -> CheckpointError:
-    """The one-line error for a checkpoint file that cannot be read, with the reader's first line."""
+    """The one-line error for a checkpoint file that cannot be read. torch's reader failing (RuntimeError,
+    EOFError, OSError) means a truncated or corrupt file, told with its first line; the unpickler refusing or
+    choking (UnpicklingError, or IndexError/KeyError on text) means no torch file, or one holding more than tensors
+    and plain data (torch's own message would suggest `weights_only=False`, which runs such a file's code)."""
+    if not isinstance(err, (RuntimeError, EOFError, OSError)):
+        return CheckpointError(f"{path}: not a torch checkpoint file (or it holds more than tensors and plain data)")
     first_line = str(err).splitlines()[0] if str(err) else ""
     return CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {type(err).__name__}: "
                            f"{first_line}")
 
 
 def checkpoint_hparams(path: str | Path) -> dict:
-    """The `hyper_parameters` of a Lightning checkpoint file, read memory-mapped (the tensors are not read).
+    """The `hyper_parameters` of a Lightning checkpoint, read memory-mapped (the tensors are not read).
 
     Raises CheckpointError (one line, naming the file) for an unreadable file and for network weights
-    without training state (Apple's `depth_pro.pt`, an export), which belong in `--weights`."""
+    without training state (Apple's `depth_pro.pt`, an export), which belong in `--weights`. A sharded
+    checkpoint directory's are read from its `meta.pt`, after checking its `.metadata` is genuine."""
+    if is_sharded_checkpoint(path):
+        try:
+            return dict(read_sharded_meta(path).get("hyper_parameters") or {})
+        except ValueError as err:
+            raise CheckpointError(str(err)) from None
     try:
         checkpoint = _load_mapped(path)
-    except pickle.UnpicklingError:  # torch's message suggests weights_only=False: not for a file we cannot read
-        raise CheckpointError(f"{path}: not a torch checkpoint file (or it holds more than tensors and plain "
-                              "data)") from None
-    except (RuntimeError, EOFError, OSError) as err:
+    except Exception as err:  # noqa: BLE001 - any reader failure means an unusable file
         raise unreadable_checkpoint(path, err) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path}: network weights, not a training checkpoint: pass them as --weights")
@@ -207,3 +222,14 @@ class AtomicModelParallelStrategy(ModelParallelStrategy):
             os.replace(partial, path)
             shutil.rmtree(old, ignore_errors=True)
         self.barrier()
+
+    def load_checkpoint(self, checkpoint_path: str | Path, weights_only: bool | None = None) -> dict[str, Any]:
+        """Lightning's loading for a checkpoint file (with `weights_only=True`); a sharded directory is read without
+        running pickled code (dp_train.sharded), and one that cannot be read is one CheckpointError naming it."""
+        path = Path(self.broadcast(str(checkpoint_path)))
+        if not is_sharded_checkpoint(path):
+            return super().load_checkpoint(path, weights_only=True)
+        try:
+            return restore_sharded(path, self.model, self.optimizers, strict=self.lightning_module.strict_loading)
+        except ValueError as err:
+            raise CheckpointError(str(err)) from None

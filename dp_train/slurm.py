@@ -60,9 +60,12 @@ def start_wandb_service(trainer: L.Trainer) -> None:
     WandbLogger, on other ranks and with WANDB_MODE=disabled."""
     from lightning.pytorch.loggers import WandbLogger
 
-    if trainer.is_global_zero and any(isinstance(logger, WandbLogger) for logger in trainer.loggers):
+    loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+    if trainer.is_global_zero and loggers:
         import wandb
 
+        if any(logger._offline for logger in loggers):  # what WandbLogger sets later, read by wandb at setup
+            os.environ["WANDB_MODE"] = "dryrun"
         with scheduler_signals_blocked():
             wandb.setup()
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from dp_train.cli import main
 from dp_train.model import DepthProConfig, build_depth_pro, save_weights
-from dp_train.predict import focal_35mm_to_px
+from dp_train.images import focal_35mm_to_px, load_image
 from dp_train.visualize import colorize_inverse_depth, colormap_lut
 
 FOV_DEG = 60.0
@@ -130,6 +130,29 @@ def test_corrupt_file_reported_and_skipped(workspace: dict[str, Path], tmp_path:
     assert rows["bad.jpg"]["error"] and rows["bad.jpg"]["width"] is None
     assert all(rows[n]["focal_source"] == "given" and rows[n]["error"] is None for n in ("a.png", "b.jpg", "rot.JPG"))
     assert "Traceback" not in err
+
+
+def _gradient(dtype: type, top: float) -> np.ndarray:
+    """A 24 x 32 grayscale ramp from 0 to `top` in `dtype`."""
+    return np.linspace(0, top, 24 * 32).reshape(24, 32).astype(dtype)
+
+
+def test_16_bit_and_float_images_are_read_at_their_depth(tmp_path: Path) -> None:
+    sixteen, unit = _gradient(np.uint16, 65535), _gradient(np.float32, 1.0)
+    Image.fromarray(sixteen).save(tmp_path / "g16.png")
+    Image.fromarray(unit, mode="F").save(tmp_path / "f.tif")
+    for name, expected in (("g16.png", sixteen.astype(np.float32) / 65535), ("f.tif", unit)):
+        image, _ = load_image(tmp_path / name)
+        assert image.shape == (24, 32, 3) and image.dtype == np.float32
+        for channel in range(3):
+            np.testing.assert_array_equal(image[..., channel], expected, err_msg=name)
+
+
+def test_a_float_image_outside_unit_range_is_refused_naming_its_range(workspace, tmp_path: Path, capsys) -> None:
+    Image.fromarray(_gradient(np.float32, 300.0), mode="F").save(tmp_path / "hdr.tif")
+    assert _predict(workspace, tmp_path / "out", inputs=tmp_path / "hdr.tif") == 1
+    assert _summary(tmp_path / "out")["hdr.tif"]["error"] == (
+        "ValueError: F pixels span 0..300, outside 0..1: convert the image to 8 or 16 bits")
 
 
 def test_f_px_scales_depth(workspace: dict[str, Path], tmp_path: Path) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,12 @@ class DepthProConfig:
             raise KeyError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         return dataclasses.replace(PRESETS[name], **overrides)
 
+    @classmethod
+    def from_shape(cls, shape: Mapping[str, Any], **overrides) -> "DepthProConfig":
+        """The network a recorded shape describes (see `network_shape`; `depth_pro_l` when it names no preset),
+        with optional field overrides on top."""
+        return cls.preset(shape.get("preset", "depth_pro_l"), **(dict(shape.get("network") or {}) | overrides))
+
     def replace(self, **overrides) -> "DepthProConfig":
         """Return a copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **overrides)
@@ -99,3 +107,11 @@ PRESETS: dict[str, DepthProConfig] = {
         encoder_feature_dims=(16, 32, 64, 64), decoder_features=32,
     ),
 }
+
+
+def network_shape(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """What in a training run's model hyper-parameters fixes its weights' shapes: `preset` and the shape fields of
+    `network` (fields on how the network is built or run, such as `grad_checkpointing`, dropped); {} for none."""
+    shape: dict[str, Any] = {"preset": hparams["preset"]} if "preset" in hparams else {}
+    fields = {k: v for k, v in (hparams.get("network") or {}).items() if k not in DepthProConfig.RUNTIME_FIELDS}
+    return shape | ({"network": fields} if fields else {})

@@ -1,19 +1,29 @@
 """Weights I/O: one loader for Apple's `depth_pro.pt`, `.safetensors` and Lightning `.ckpt` files.
 
-Every file is read with `weights_only=True` (no pickled code runs) and loaded
-strictly by default; a file that does not fit raises one ValueError naming the
-file and the first missing, unexpected and mis-shaped tensors.
+Every file is read with `weights_only=True`, a sharded checkpoint directory by
+dp_train.sharded's restricted readers (no pickled code runs), and loaded strictly
+by default; a file that does not fit raises one ValueError naming the file and the
+first missing, unexpected and mis-shaped tensors.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from dp_train.model.config import DepthProConfig, network_shape
+
 LIGHTNING_PREFIX = "net."
 """Attribute under which the LightningModules keep the network (prefix of .ckpt keys)."""
+
+SHAPE_KEY = "dp_train.network_shape"
+"""Key of the network shape (JSON) in the header of the .safetensors files `save_state_dict` writes."""
 
 _SHOWN = 3  # offending keys shown per category in an error message
 
@@ -21,35 +31,52 @@ _SHOWN = 3  # offending keys shown per category in an error message
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a flat tensor dict from .safetensors, a torch state dict, or a Lightning .ckpt (a single
     file, or the directory of shards an FSDP run writes, consolidated here)."""
+    return read_weights(path)[0]
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The network tensors of `path` (as `read_state_dict`) and the network shape recorded with them
+    (`network_shape`): a training checkpoint's hyper-parameters, or the header `save_state_dict` writes into a
+    .safetensors file; {} when the file records none (Apple's `depth_pro.pt`)."""
     path = Path(path)
     if path.is_dir():
-        return _network_tensors(_read_sharded_checkpoint(path), path)
-    if not path.is_file():
+        obj, header = _read_sharded_checkpoint(path), {}
+    elif not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    else:
+        obj, header = _read_file(path)
+    hparams = obj.get("hyper_parameters") if isinstance(obj, dict) else None
+    return _network_tensors(obj, path), header or (network_shape(hparams) if isinstance(hparams, dict) else {})
 
-            obj = load_file(str(path))
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+
+def config_for(state: dict[str, torch.Tensor], shape: Mapping[str, Any], **overrides: Any) -> DepthProConfig:
+    """The network a recorded `shape` describes (see `read_weights`), with an FOV head iff `state` has one."""
+    return DepthProConfig.from_shape(shape, **({"fov_head": any(k.startswith("fov.") for k in state)} | overrides))
+
+
+def _read_file(path: Path) -> tuple[object, dict[str, Any]]:
+    """The object stored in a weights file and the network shape in its .safetensors header ({} otherwise)."""
+    try:
+        if path.suffix != ".safetensors":
+            return torch.load(path, map_location="cpu", weights_only=True), {}
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            header = json.loads((f.metadata() or {}).get(SHAPE_KEY, "{}"))
+            return {key: f.get_tensor(key) for key in f.keys()}, header if isinstance(header, dict) else {}
     except Exception as err:  # noqa: BLE001 - any reader failure means the same thing to the user
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise ValueError(f"cannot read weights file {path}: {type(err).__name__}: {first_line}") from None
-    return _network_tensors(obj, path)
 
 
 def _read_sharded_checkpoint(path: Path) -> dict:
     """The full state of a distributed (torch.distributed.checkpoint) checkpoint directory, gathered from its
-    shards into one process (as Lightning's `consolidate_checkpoint` tool does)."""
-    from lightning.fabric.utilities.load import _load_distributed_checkpoint
+    shards into one process, without running pickled code (see dp_train.sharded)."""
+    from dp_train.sharded import is_sharded_checkpoint, read_sharded_checkpoint
 
-    if not (path / ".metadata").is_file():
+    if not is_sharded_checkpoint(path):
         raise ValueError(f"{path} is a directory but not a sharded checkpoint (no .metadata file)")
-    try:
-        return _load_distributed_checkpoint(path)
-    except Exception as err:  # noqa: BLE001 - a damaged shard set means the same thing to the user
-        raise ValueError(f"cannot read sharded checkpoint {path}: {type(err).__name__}: {err}") from None
+    return read_sharded_checkpoint(path)
 
 
 def _network_tensors(obj: object, path: Path) -> dict[str, torch.Tensor]:
@@ -103,19 +130,24 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> Non
 
 
 def save_weights(model: nn.Module, path: str | Path) -> None:
-    """Write the network's state dict as .safetensors or a torch file, atomically (temp + rename)."""
-    save_state_dict(model.state_dict(), path)
+    """Write the network's state dict as .safetensors or a torch file, atomically (temp + rename); a Depth Pro
+    network's shape goes into a .safetensors header (see `save_state_dict`)."""
+    config = getattr(model, "config", None)
+    shape = network_shape({"network": dataclasses.asdict(config)}) if isinstance(config, DepthProConfig) else None
+    save_state_dict(model.state_dict(), path, shape)
 
 
-def save_state_dict(state: dict[str, torch.Tensor], path: str | Path) -> None:
-    """Write tensors as .safetensors or a torch file, atomically (temp + rename)."""
+def save_state_dict(state: dict[str, torch.Tensor], path: str | Path, shape: dict[str, Any] | None = None) -> None:
+    """Write tensors as .safetensors or a torch file, atomically (temp + rename). A .safetensors file also records
+    the network `shape` (see `network_shape`) in its header, for `read_weights`; a torch file holds the tensors
+    only (Apple's layout, loadable by its code)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        save_file(state, str(tmp))
+        save_file(state, str(tmp), metadata={SHAPE_KEY: json.dumps(shape)} if shape else None)
     else:
         torch.save(state, tmp)
     tmp.replace(path)

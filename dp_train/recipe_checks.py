@@ -1,0 +1,87 @@
+"""Checks across a recipe's objects, before any work: values each class accepts alone but not together.
+
+Ranges of the data module's values are checked here too, not as jsonargparse's restricted types
+(`PositiveInt`, ...) in its signature: LightningCLI would pass instances of those types to the classes, the
+checkpoint would then hold them, and `weights_only` loading (every resume) refuses them. Each failure is one
+ValueError naming the recipe key, which the CLI prints as one `error:` line.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+
+DATA_RANGES: dict[str, tuple[float, float]] = {
+    "batch_size": (1, math.inf), "val_batch_size": (1, math.inf), "samples_per_epoch": (1, math.inf),
+    "shuffle_buffer": (1, math.inf), "image_size": (1, math.inf), "num_workers": (0, math.inf),
+    "max_bad_fraction": (0, 1),
+}
+"""Closed range of each numeric `data` value."""
+
+
+def check_recipe(subcommand: str | None, model: Any, datamodule: Any, trainer: Any) -> None:
+    """Raise one ValueError for the first inconsistency of the instantiated recipe."""
+    check_ranges(datamodule)
+    check_image_size(model, datamodule)
+    check_weights("data.train_sources", datamodule.train_sources)
+    for key in ("train_sources", "val_sources", "test_sources"):
+        check_names(f"data.{key}", getattr(datamodule, key))
+        check_shard_lists(f"data.{key}", getattr(datamodule, key))
+    if subcommand == "fit":
+        if not datamodule.train_sources:
+            raise ValueError("data.train_sources is empty: fit needs at least one training source")
+        check_checkpoint_dirs(trainer)
+
+
+def check_ranges(datamodule: Any) -> None:
+    """Each numeric data value lies in its range (a batch of 0 divides by zero, -1 workers fails in torch)."""
+    for name, (low, high) in DATA_RANGES.items():
+        value = getattr(datamodule, name)
+        if not low <= value <= high:
+            bound = f">= {low:g}" if high == math.inf else f"in [{low:g}, {high:g}]"
+            raise ValueError(f"data.{name}={value}: must be {bound}")
+
+
+def check_image_size(model: Any, datamodule: Any) -> None:
+    """The data must be cut to the network's input side (4 x its ViT input), or the first batch fails."""
+    config = model.net.config
+    if datamodule.image_size != config.img_size:
+        raise ValueError(f"data.image_size={datamodule.image_size} does not fit the network, which takes "
+                         f"{config.img_size} px (4 x model.network.vit_img_size={config.vit_img_size})")
+
+
+def check_names(key: str, sources: list) -> None:
+    """Source names are unique: metrics, logs and the resume position are keyed by them."""
+    names = [source.name for source in sources]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"{key}: more than one source is named {repeated[0]!r}")
+
+
+def check_shard_lists(key: str, sources: list) -> None:
+    """Every source lists at least one shard (brace patterns expanded, local index files read; whether the shards
+    exist is checked when the data is set up)."""
+    for source in sources:
+        try:
+            source.shard_urls()
+        except ValueError as err:
+            raise ValueError(f"{key}: {err}") from None
+
+
+def check_weights(key: str, sources: list) -> None:
+    """Mixing weights are finite, >= 0 and not all 0."""
+    for source in sources:
+        if not 0 <= source.weight < float("inf"):
+            raise ValueError(f"{key}: source {source.name!r} has weight {source.weight}: weights must be >= 0")
+    if sources and not any(source.weight > 0 for source in sources):
+        raise ValueError(f"{key}: every source has weight 0")
+
+
+def check_checkpoint_dirs(trainer: Any) -> None:
+    """A checkpoint folder that is a file would fail at the first save, after the training it was to keep."""
+    for callback in trainer.checkpoint_callbacks:
+        dirpath = getattr(callback, "dirpath", None)
+        if dirpath and "://" not in str(dirpath) and os.path.isfile(dirpath):
+            raise ValueError(f"trainer.callbacks: {type(callback).__name__} dirpath {dirpath} is a file, not a folder")
