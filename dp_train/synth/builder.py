@@ -9,7 +9,8 @@ import numpy as np
 
 from dp_train.synth.geometry import Box, Cylinder, Disc, Plane, Sphere
 from dp_train.synth.scene import Material, Scene
-from dp_train.synth.textures import BRICKS, CHECKER, GROUND, PLAIN, STRIPES, TILES, WINDOWS
+from dp_train.synth.priors import BRICK_M, CEILING_M, JOINT_M, LANE_WIDTH_M, STOREY_M, TILE_SIDES_M
+from dp_train.synth.textures import BRICKS, CHECKER, GROUND, LANES, PLAIN, STRIPES, TILES, WINDOWS
 
 def hsv(rng: np.random.Generator, h: tuple[float, float], s: tuple[float, float], v: tuple[float, float]) -> tuple:
     """A random display-space RGB colour from HSV ranges (hue wraps)."""
@@ -39,6 +40,7 @@ class Builder:
         cam = scene.camera
         self.tan_half = 0.5 * cam.size[1] / cam.f_px
         self.z_max, self.x_min, self.x_max = 60.0, -np.inf, np.inf
+        self.lane_width = 0.0  # > 0 once the ground is a road
 
     def spot(self, z_lo: float, z_hi: float, size: float = 0.0, spread: float = 1.15,
              margin: float = 0.5) -> tuple[float, float]:
@@ -58,13 +60,18 @@ class Builder:
 
     # ---- static structure
 
-    def ground(self, indoor: bool) -> None:
-        """Object 0: the ground plane with tiles, checker, asphalt, grass or sand (indoors: the first three)."""
+    def ground(self, indoor: bool, road: bool = False) -> None:
+        """Object 0: the ground plane: a road with lane markings, or tiles, checker, asphalt, grass or sand
+        (indoors: the first three)."""
         rng = self.rng
         choice = rng.integers(3) if indoor else rng.integers(5)
-        if choice == 0:
+        if road:
+            self.lane_width = float(rng.uniform(*LANE_WIDTH_M))
+            grey = hsv(rng, (0.05, 0.15), (0.0, 0.1), (0.2, 0.4))
+            mat = Material(grey, hsv(rng, (0.1, 0.16), (0.0, 0.15), (0.85, 0.97)), LANES, 1.0 / self.lane_width, 0.2)
+        elif choice == 0:
             mat = Material(hsv(rng, (0, 1), (0.0, 0.3), (0.5, 0.9)), hsv(rng, (0, 1), (0.0, 0.3), (0.2, 0.5)),
-                           TILES, float(rng.uniform(0.6, 2.5)), 0.08)
+                           TILES, 1.0 / float(rng.choice(TILE_SIDES_M)), 0.08)
         elif choice == 1:
             mat = Material(hsv(rng, (0, 1), (0.0, 0.4), (0.3, 0.9)), hsv(rng, (0, 1), (0.0, 0.4), (0.1, 0.6)),
                            CHECKER, float(rng.uniform(0.4, 1.5)), 0.1)
@@ -80,7 +87,7 @@ class Builder:
         self.scene.add(Plane((0.0, 1.0, 0.0), 0.0), mat, -1, False)
 
     def walls(self, indoor: bool) -> None:
-        """Back wall, side walls and (indoors) a ceiling: closes the scene so no sky is visible."""
+        """Back wall, side walls and (indoors) a ceiling at a room's height: closes the scene so no sky is visible."""
         rng, scene = self.rng, self.scene
         self.z_max = float(rng.uniform(5.0, 15.0) if indoor else rng.uniform(12.0, 50.0))
         reach = self.z_max * self.tan_half
@@ -90,7 +97,7 @@ class Builder:
             scene.add(Plane(n, off), self.wall_material(indoor), -1, False)
         if indoor:
             c = hsv(rng, (0, 1), (0.0, 0.1), (0.7, 0.95))
-            height = scene.camera.height + float(rng.uniform(0.8, 2.0))
+            height = float(rng.uniform(*CEILING_M))
             scene.add(Plane((0.0, 1.0, 0.0), height), Material(c, shade_of(rng, c, 0.2), PLAIN, 0.5, 0.05), -1, False)
 
     def wall_material(self, indoor: bool) -> Material:
@@ -99,10 +106,10 @@ class Builder:
         kind = int(rng.choice([PLAIN, BRICKS] if indoor else [BRICKS, WINDOWS, PLAIN]))
         if kind == BRICKS:
             return Material(hsv(rng, (0.0, 0.08), (0.3, 0.7), (0.35, 0.75)), hsv(rng, (0, 1), (0.0, 0.1), (0.6, 0.85)),
-                            BRICKS, float(rng.uniform(2.5, 5.0)), 0.15)
+                            BRICKS, 1.0 / (BRICK_M[0] + JOINT_M), 0.15)
         if kind == WINDOWS:
             return Material(hsv(rng, (0.05, 0.15), (0.05, 0.35), (0.5, 0.9)), hsv(rng, (0.55, 0.65), (0.2, 0.5), (0.15, 0.4)),
-                            WINDOWS, float(rng.uniform(0.25, 0.5)), 0.1)
+                            WINDOWS, 1.0 / float(rng.uniform(*STOREY_M)), 0.1)
         c = hsv(rng, (0, 1), (0.05, 0.4), (0.5, 0.95))
         return Material(c, shade_of(rng, c, 0.3), PLAIN, float(rng.uniform(0.2, 1.0)), 0.1)
 

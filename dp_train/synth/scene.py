@@ -25,7 +25,8 @@ class Scene:
     Object i is ``prims[i]`` with ``materials[i]``, in foreground group ``groups[i]`` (-1: background such
     as ground, walls, hills; groups are what the alpha matte selects). Object 0 must be the ground: only it
     receives shadows. ``sun`` is the unit vector towards the sun; colours are display-space RGB in [0, 1];
-    ``sky`` records whether the scene is open (informational); ``seed`` drives the sensor noise and
+    ``sky`` records whether the scene is open and ``rig`` the camera rig whose height prior placed the camera
+    (informational); ``seed`` drives the sensor noise and
     ``alpha_pick`` in [0, 1) which group gets the matte.
     """
 
@@ -37,6 +38,7 @@ class Scene:
     bounds: list = field(default_factory=list)  # (2, 3) AABB per object, None when unbounded
     thin_groups: set[int] = field(default_factory=set)
     sky: bool = True
+    rig: str = ""
     sun: tuple[float, float, float] = (0.3, 0.8, -0.5)
     sun_colour: tuple[float, float, float] = (1.0, 0.95, 0.85)
     ambient: float = 0.35

@@ -1,4 +1,6 @@
-"""Surface patterns of the procedural world: noise, checker, stripes, bricks, tiles, windows, lanes."""
+"""Surface patterns of the procedural world: noise, checker, stripes, bricks, tiles, windows, lane markings.
+
+Bricks and lane markings follow the standard sizes in ``priors``."""
 
 from __future__ import annotations
 
@@ -7,9 +9,10 @@ import functools
 import numpy as np
 
 from dp_train.synth.geometry import Vec
+from dp_train.synth.priors import BRICK_M, JOINT_M, LANE_DASH_M, LANE_LINE_M
 
-PLAIN, CHECKER, STRIPES, BRICKS, GROUND, TILES, WINDOWS = range(7)
-PATTERN_MEAN = {PLAIN: 0.5, CHECKER: 0.5, STRIPES: 0.5, BRICKS: 0.2, GROUND: 0.5, TILES: 0.45, WINDOWS: 0.35}
+PLAIN, CHECKER, STRIPES, BRICKS, GROUND, TILES, WINDOWS, LANES = range(8)
+PATTERN_MEAN = {PLAIN: 0.5, CHECKER: 0.5, STRIPES: 0.5, BRICKS: 0.2, GROUND: 0.5, TILES: 0.45, WINDOWS: 0.35, LANES: 0.2}
 
 @functools.lru_cache(maxsize=1)
 def _noise_texture(n: int = 128) -> np.ndarray:
@@ -71,11 +74,12 @@ def pattern(kind: int, p: Vec, uv: tuple[np.ndarray, np.ndarray], s: np.ndarray)
         return (np.floor(x * s + 0.13) + np.floor(y * s + 0.27) + np.floor(z * s + 0.41)) % 2
     if kind == STRIPES:
         return np.floor(y * s + 0.37) % 2
-    if kind == BRICKS:
-        rows = y * s * 3.0
+    if kind == BRICKS:  # s = 1 / course length: a brick plus a joint
+        course = BRICK_M[0] + JOINT_M
+        rows = y * s * course / (BRICK_M[1] + JOINT_M)
         row = np.floor(rows)
         u = (x + z) * s + 0.5 * row
-        mortar = (_frac(u) < 0.06) | (_frac(rows) < 0.12)
+        mortar = (_frac(u) < JOINT_M / course) | (_frac(rows) < JOINT_M / (BRICK_M[1] + JOINT_M))
         return np.where(mortar, 1.0, 0.3 * _hash2(row, np.floor(u)))
     if kind == GROUND:
         m = np.clip(0.5 + 0.6 * fbm(uv[0] * s, uv[1] * s, 3), 0.0, 1.0)
@@ -88,5 +92,11 @@ def pattern(kind: int, p: Vec, uv: tuple[np.ndarray, np.ndarray], s: np.ndarray)
         u, v = _frac((x + z) * s), _frac(y * s)
         glass = (u > 0.22) & (u < 0.78) & (v > 0.3) & (v < 0.8) & (y > 1.0)
         return np.where(glass, 1.0, 0.1 * _hash2(np.floor((x + z) * s), np.floor(y * s)))
+    if kind == LANES:  # s = 1 / lane width: dashed separators between 4 lanes along Z, solid edge lines
+        lane = x * s
+        on_line = np.abs(_frac(lane) - 0.5) < 0.5 * LANE_LINE_M * s
+        dashed = _frac(z / (LANE_DASH_M[0] + LANE_DASH_M[1])) < LANE_DASH_M[0] / (LANE_DASH_M[0] + LANE_DASH_M[1])
+        paint = on_line & (np.abs(lane) < 3.0) & ((np.abs(lane) > 2.0) | dashed)
+        return np.where(paint, 1.0, np.clip(0.15 + 0.1 * fbm(uv[0] * 2.0, uv[1] * 2.0), 0.0, 0.4))
     raise ValueError(f"unknown texture kind {kind}")
 

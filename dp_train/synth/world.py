@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
 import numpy as np
 
 from dp_train.data.schema import Sample, SampleMeta, ShardWriter
-from dp_train.synth.builder import Builder, lighting
+from dp_train.synth.builder import lighting
 from dp_train.synth.geometry import Camera
+from dp_train.synth.objects import ObjectBuilder
+from dp_train.synth.priors import camera_height
 from dp_train.synth.render import render
 from dp_train.synth.scene import Scene
 
@@ -18,11 +21,30 @@ FOV_RANGE_DEG: tuple[float, float] = (30.0, 100.0)
 SKY_PROB = 0.6
 """Chance of an open-sky outdoor scene when ``sky=None``."""
 
-def _sample_camera(rng: np.random.Generator, size: tuple[int, int], sky: bool, indoor: bool) -> Camera:
-    """FOV uniform in FOV_RANGE_DEG, small pitch and roll; with sky the horizon stays in view."""
+CONTENT: dict[str, dict[str, tuple[int, int]]] = {
+    "indoor": {"box": (1, 4), "sphere": (0, 2), "lamp": (1, 3), "bush": (0, 2), "fence": (0, 1), "table": (0, 3),
+               "chair": (0, 4), "person": (0, 3), "door": (1, 3), "overhead_wires": (0, 1), "pole_line": (0, 2)},
+    "courtyard": {"box": (0, 3), "sphere": (0, 2), "bush": (0, 3), "fence": (0, 3), "tree": (0, 3), "table": (0, 2),
+                  "person": (1, 5), "car": (0, 3), "door": (1, 4), "overhead_wires": (0, 2), "pole_line": (0, 3)},
+    "park": {"box": (0, 3), "sphere": (0, 2), "lamp": (0, 1), "bush": (0, 3), "fence": (0, 3), "tree": (0, 4),
+             "table": (0, 2), "person": (1, 5), "car": (0, 3), "overhead_wires": (0, 2), "pole_line": (0, 3)},
+    "street": {"box": (0, 2), "sphere": (0, 1), "bush": (0, 2), "fence": (0, 2), "tree": (0, 4), "person": (0, 4),
+               "traffic": (1, 6), "overhead_wires": (0, 3), "pole_line": (1, 3)},
+}
+"""How many of each thing (``integers(lo, hi)``, hi exclusive) a scene of each kind gets, in this order."""
+RIGS = {"indoor": "indoor", "courtyard": "handheld", "park": "handheld", "street": "vehicle"}
+"""The camera rig (``priors.CAMERA_RIGS``) of each kind of scene."""
+INDOOR_PROB = 0.4
+"""Chance that a closed scene is a room rather than a courtyard."""
+STREET_PROB = 0.5
+"""Chance that an open scene is a street seen from a vehicle rather than a park seen by hand."""
+
+
+def _sample_camera(rng: np.random.Generator, size: tuple[int, int], sky: bool, rig: str) -> Camera:
+    """FOV uniform in FOV_RANGE_DEG, height from the rig's prior, small pitch and roll; with sky the horizon stays in view."""
     h, w = size
     f = 0.5 * w / math.tan(math.radians(rng.uniform(*FOV_RANGE_DEG)) / 2.0)
-    height = rng.uniform(0.6, 1.8) if indoor else rng.uniform(0.8, 3.0)
+    height = camera_height(rng, rig)
     pitch, roll = rng.uniform(-12.0, 6.0), rng.uniform(-5.0, 5.0)
     if sky:
         pitch = max(pitch, -0.5 * math.degrees(math.atan(0.5 * h / f)))
@@ -32,35 +54,30 @@ def _sample_camera(rng: np.random.Generator, size: tuple[int, int], sky: bool, i
 def make_scene(seed: int, size: tuple[int, int] = DEFAULT_SIZE, sky: bool | None = None) -> Scene:
     """A random scene: camera, lighting, ground, walls or sky backdrop, objects and thin structures.
 
-    ``sky=True``: open outdoor scene with sky (invalid depth) in view; ``False``: closed
+    ``sky=True``: open street or park with sky (invalid depth) in view; ``False``: closed
     courtyard or room, every pixel valid; ``None``: open with probability ``SKY_PROB``.
     """
     rng = np.random.default_rng(seed)
     drawn = rng.random() < SKY_PROB
     sky = drawn if sky is None else bool(sky)
-    indoor = (not sky) and rng.random() < 0.4
-    scene = Scene(camera=_sample_camera(rng, size, sky, indoor), sky=sky, seed=int(seed), alpha_pick=float(rng.random()))
+    if sky:
+        kind = "street" if rng.random() < STREET_PROB else "park"
+    else:
+        kind = "indoor" if rng.random() < INDOOR_PROB else "courtyard"
+    indoor = kind == "indoor"
+    scene = Scene(camera=_sample_camera(rng, size, sky, RIGS[kind]), sky=sky, seed=int(seed),
+                  alpha_pick=float(rng.random()), rig=RIGS[kind])
     lighting(scene, rng, indoor)
-    b = Builder(scene, rng)
-    b.ground(indoor)
+    b = ObjectBuilder(scene, rng)
+    b.ground(indoor, road=kind == "street")
     if sky:
         b.backdrop()
     else:
         b.walls(indoor)
-    counts = {
-        b.box: (2, 7) if indoor else (1, 5),
-        b.sphere: (0, 4),
-        b.lamp: (1, 4) if indoor else (0, 1),
-        b.bush: (0, 3),
-        b.fence: (0, 2) if indoor else (0, 3),
-        b.tree: (0, 1) if indoor else (0, 4),
-        b.overhead_wires: (0, 2),
-    }
-    for make, (lo, hi) in counts.items():
+    for name, (lo, hi) in CONTENT[kind].items():
+        make = functools.partial(b.pole_line, indoor) if name == "pole_line" else getattr(b, name)
         for _ in range(int(rng.integers(lo, hi))):
             make()
-    for _ in range(int(rng.integers(0, 3))):
-        b.pole_line(indoor)
     return scene
 
 
