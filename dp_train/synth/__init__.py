@@ -6,7 +6,7 @@ analytically (numpy, all pixels at once), so depth is exact and the focal length
 * Camera (``world``): pinhole, horizontal FOV uniform in [30, 100] degrees
   (``f_px = 0.5 * W / tan(fov / 2)``), principal point at the image centre (pixel centres at
   integer coordinates, ``cx = (W - 1) / 2``), small random pitch (-12..6 deg) and roll (+-5 deg).
-  Its height comes from the prior of the scene's rig (``objects.CAMERA_RIGS``): hand-held
+  Its height comes from the prior of the scene's rig (``priors.CAMERA_RIGS``): hand-held
   1.4-1.7 m, vehicle 1.2-1.8 m, indoor 1.2-1.7 m.
 * Content: a textured ground plane (a road with standard lane markings for the vehicle rig), walls
   (and a ceiling 2.4-3.0 m high indoors), standard bricks, floor tiles and storeys; objects of
