@@ -1,4 +1,4 @@
-"""Procedural scenes (dp_train.data.synth): exact depth, known focal length, determinism, shards."""
+"""Procedural scenes (dp_train.synth): exact depth, known focal length, determinism, shards."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dp_train.data import synth
+from dp_train import synth
 from dp_train.data.schema import decode_sample, read_index
-from dp_train.data.synth import FAR_M, Camera, Material, Plane, Scene, ground_scene, make_scene, render, render_scene
+from dp_train.synth import FAR_M, Camera, Material, Plane, Scene, ground_scene, make_scene, render, render_scene
 
 SIZE = (96, 128)
 

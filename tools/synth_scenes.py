@@ -10,7 +10,7 @@ and different `--seed` ranges give disjoint sets. Example (the shipped sample se
         --depth-format png16
 
 `--examples DIR` also saves the first `--num-examples` scenes as PNG panels
-(image | colour-mapped inverse depth). The renderer is dp_train/data/synth.py.
+(image | colour-mapped inverse depth). The world is the package dp_train/synth/.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dp_train.data.synth import DEFAULT_SIZE, save_examples, write_synthetic_shards
+from dp_train.synth import DEFAULT_SIZE, save_examples, write_synthetic_shards
 
 
 def parse_size(text: str) -> tuple[int, int]:
