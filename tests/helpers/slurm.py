@@ -20,6 +20,9 @@ def cluster_problem() -> str | None:
         return None
     if os.geteuid() != 0:
         return "no local SLURM cluster and not root (start one: sudo tools/slurm/local_cluster.sh start)"
+    conf = Path("/etc/slurm/slurm.conf")
+    if run_quietly(["sinfo"]) == 0 and not (conf.is_file() and "local_cluster.sh" in conf.read_text()):
+        return "a SLURM cluster other than tools/slurm/local_cluster.sh's is configured here: not submitting to it"
     done = subprocess.run([str(CLUSTER_SCRIPT), "start"], capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         return f"the local SLURM cluster did not start: {(done.stderr or done.stdout).strip().splitlines()[-1:]}"

@@ -3,7 +3,7 @@
 # with the real scheduler: sbatch/srun, --signal, scancel, scontrol requeue, SLURM_RESTART_COUNT.
 #
 #   sudo tools/slurm/local_cluster.sh start     # install (Debian/Ubuntu: slurm-wlm, munge) if needed, start
-#   tools/slurm/local_cluster.sh status         # sinfo; exit 0 when the node takes jobs
+#   tools/slurm/local_cluster.sh status         # sinfo; exit 0 when this local node takes jobs
 #   sudo tools/slurm/local_cluster.sh stop      # stop the daemons (the configuration stays)
 #
 # Needs root (the daemons, /etc/slurm) and, the first time, apt-get. No systemd: munged, slurmctld and
@@ -122,7 +122,8 @@ case "${1:-}" in
         stop_daemon slurmd
         stop_daemon slurmctld
         ;;
-    status)
+    status)  # exit 0 only for this script's cluster: tests never submit to a real cluster configured here
+        grep -qsF "${MARKER}" "${CONF}" || fail "${CONF} is not this script's local cluster"
         sinfo
         node_ready
         ;;
