@@ -54,6 +54,22 @@ def scheduler_signals_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+def take_scheduler_signals_in_worker(owner: int) -> None:
+    """In a dataloader worker (started with SIGUSR1/SIGTERM blocked): a thread takes those signals one by one
+    and ends the worker on a SIGTERM from the process that owns it (`owner`, the loading process, or the
+    fork server that forked it), which is how torch and multiprocessing stop a worker they no longer need;
+    any other sender's signal (the scheduler's, sent to every process of the job) is dropped. Without it a
+    worker left running at exit could not be stopped, and the exiting process would wait for it forever."""
+    threading.Thread(target=_serve_scheduler_signals, args=(owner,), name="scheduler-signals", daemon=True).start()
+
+
+def _serve_scheduler_signals(owner: int) -> None:
+    while True:
+        info = signal.sigwaitinfo(SCHEDULER_SIGNALS)
+        if info.si_signo == signal.SIGTERM and info.si_pid in (owner, os.getppid()):
+            os._exit(0)
+
+
 def start_wandb_service(trainer: L.Trainer) -> None:
     """Start the wandb service of rank 0 (which `wandb.init` would start later) with the scheduler's signals
     blocked, so that it outlives a SIGUSR1/SIGTERM and the run's last logs are not lost. A no-op without a

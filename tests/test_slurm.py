@@ -34,14 +34,15 @@ TEMPLATE_SETTINGS = {"DP_GPUS_PER_NODE": "2", "DP_ACCELERATOR": "cpu", "DP_PRECI
 SUBMITTED: list[str] = []
 
 SHIELD_CHILD = textwrap.dedent("""
-    import signal, sys, time
-    from dp_train.data.datamodule import EpochLoader, worker_context
+    import functools, os, signal, sys, time
+    from dp_train.data.datamodule import EpochLoader, init_worker, worker_context
     from tests.helpers.slow_data import SlowItems
 
     received = []
     for signum in (signal.SIGUSR1, signal.SIGTERM):
         signal.signal(signum, lambda s, f: received.append(s))
-    loader = EpochLoader(SlowItems(), num_workers=2, multiprocessing_context=worker_context(sys.argv[1] or None))
+    loader = EpochLoader(SlowItems(), num_workers=2, multiprocessing_context=worker_context(sys.argv[1] or None),
+                         worker_init_fn=functools.partial(init_worker, owner=os.getpid()))
     count = 0
     for item in loader:
         count += 1
@@ -66,6 +67,29 @@ def test_dataloader_workers_survive_the_signals_slurm_sends_to_every_process(sta
     assert child.returncode == 0, err[-2000:]
     assert out.strip() == "8 items, 2 signals"  # 2 workers x 4 items; the main process got both signals
     assert "Traceback" not in err and "resource_tracker" not in err, err
+
+
+ABANDONED_LOADER_CHILD = textwrap.dedent("""
+    import functools, os, sys
+    from dp_train.data.datamodule import EpochLoader, init_worker, worker_context
+    from tests.helpers.slow_data import SlowItems
+
+    loader = EpochLoader(SlowItems(count=100), num_workers=2, multiprocessing_context=worker_context(sys.argv[1] or None),
+                         worker_init_fn=functools.partial(init_worker, owner=os.getpid()))
+    batches = iter(loader)
+    next(batches)  # left unfinished: at exit multiprocessing stops the workers with SIGTERM
+    print("exiting", flush=True)
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("start_method", ["", "forkserver"], ids=["fork", "forkserver"])
+def test_a_process_exits_while_its_workers_still_run(start_method):
+    """Workers ignore the scheduler's SIGTERM but not their owner's: a process that exits with a loader
+    unfinished ends (multiprocessing terminates the workers, then waits for them)."""
+    done = subprocess.run([sys.executable, "-c", ABANDONED_LOADER_CHILD, start_method], env=child_env(), cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "exiting", done.stderr[-2000:]
 
 
 # ----- the real scheduler -------------------------------------------------------------------------------------

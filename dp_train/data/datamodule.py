@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import multiprocessing
+import os
 from collections.abc import Callable, Iterator
 from multiprocessing.context import BaseContext
 from pathlib import Path
@@ -18,7 +20,7 @@ from torch.utils.data import DataLoader
 from dp_train.data.augment import AugmentConfig, EvalTransform, TrainTransform
 from dp_train.data.stream import SourceConfig, TrainStream, ValStream, normalize_images, sample_seed
 from dp_train.resume import TrainPosition, gather_per_rank, own_entry, setting_changes
-from dp_train.slurm import scheduler_signals_blocked
+from dp_train.slurm import scheduler_signals_blocked, take_scheduler_signals_in_worker
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +42,13 @@ def worker_context(method: str | None) -> BaseContext | None:
     return context
 
 
-def single_threaded_worker(worker_id: int) -> None:
-    """Keep OpenCV to one thread per dataloader worker (a fresh process would start one per core). A forked
-    worker already runs single-threaded (`stop_opencv_threads`) and is left alone."""
+def init_worker(worker_id: int, owner: int) -> None:
+    """Set up a dataloader worker: OpenCV on one thread (a fresh process would start one per core; a forked
+    worker already runs single-threaded, `stop_opencv_threads`, and is left alone), and the scheduler's
+    signals taken by a thread that lets only `owner` (the loading process) or the worker's parent stop it."""
     if cv2.getNumThreads() != 1:
         cv2.setNumThreads(1)
+    take_scheduler_signals_in_worker(owner)
 
 
 def stop_opencv_threads() -> None:
@@ -220,7 +224,7 @@ class DepthDataModule(L.LightningDataModule):
             stream,
             position_fn=position_fn,
             num_workers=workers,
-            worker_init_fn=single_threaded_worker if workers > 0 else None,
+            worker_init_fn=functools.partial(init_worker, owner=os.getpid()) if workers > 0 else None,
             multiprocessing_context=worker_context(self._start_method()) if workers > 0 else None,
             pin_memory=self.pin_memory,
             persistent_workers=False,
