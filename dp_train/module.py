@@ -296,6 +296,9 @@ class DepthProModule(L.LightningModule):
         pred, fov = self.net(batch["image"])
         real = ~batch["padding"] if "padding" in batch else torch.ones_like(batch["source"], dtype=torch.bool)
         names = self.source_names(split)  # padding batches (equal counts per rank) are skipped
+        for index, name in enumerate(names[: len(batch["bad_records"])]):  # skipped records, summed over ranks
+            self.log(f"{split}/bad_records_{name}", batch["bad_records"][index].float(), reduce_fx="sum",
+                     on_step=False, on_epoch=True, sync_dist=True, batch_size=1)
         for image in evaluated_images(pred, batch, real):
             metrics = self.eval_metrics[f"{split}__{names[int(batch['source'][image.index])]}"]
             self._update_image_metrics(metrics, image, None if fov is None else fov[image.index])

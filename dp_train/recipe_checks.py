@@ -16,7 +16,7 @@ from typing import Any
 DATA_RANGES: dict[str, tuple[float, float]] = {
     "batch_size": (1, math.inf), "val_batch_size": (1, math.inf), "samples_per_epoch": (1, math.inf),
     "shuffle_buffer": (1, math.inf), "image_size": (1, math.inf), "num_workers": (0, math.inf),
-    "max_bad_fraction": (0, 1),
+    "max_bad_fraction": (0, 1), "shard_read_timeout": (1e-3, math.inf),
 }
 """Closed range of each numeric `data` value."""
 

@@ -18,7 +18,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from dp_train.data.augment import AugmentConfig, EvalTransform, TrainTransform
-from dp_train.data.stream import SourceConfig, TrainStream, ValStream, normalize_images, sample_seed
+from dp_train.data.stream import (
+    DEFAULT_READ_TIMEOUT, SourceConfig, TrainStream, ValStream, normalize_images, sample_seed,
+)
 from dp_train.resume import TrainPosition, gather_per_rank, own_entry, setting_changes
 from dp_train.slurm import scheduler_signals_blocked, take_scheduler_signals_in_worker
 
@@ -115,6 +117,8 @@ class DepthDataModule(L.LightningDataModule):
         shuffle_buffer: raw records per source shuffled in each worker.
         seed: seeds every shuffle, mixture draw and augmentation.
         max_bad_fraction: a source failing more often than this stops the run.
+        shard_read_timeout: seconds a shard may deliver no data (a hung network mount) before it fails like an
+            unreadable shard, instead of hanging the loader.
     """
 
     def __init__(
@@ -133,6 +137,7 @@ class DepthDataModule(L.LightningDataModule):
         shuffle_buffer: int = 32,
         seed: int = 0,
         max_bad_fraction: float = 0.05,
+        shard_read_timeout: float = DEFAULT_READ_TIMEOUT,
         pin_memory: bool = True,
     ) -> None:
         super().__init__()
@@ -152,6 +157,7 @@ class DepthDataModule(L.LightningDataModule):
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         self.max_bad_fraction = max_bad_fraction
+        self.shard_read_timeout = shard_read_timeout
         self.pin_memory = pin_memory
         self.train_position = TrainPosition()
         self._resumed_settings: dict[str, Any] = {}
@@ -191,7 +197,8 @@ class DepthDataModule(L.LightningDataModule):
             self.trainer.accumulate_grad_batches = self.gradient_accumulation(self.trainer)
         for source in self.train_sources + self.val_sources + self.test_sources:
             source.check_local_shards()
-        common = {"seed": self.seed, "max_bad_fraction": self.max_bad_fraction}
+        common = {"seed": self.seed, "max_bad_fraction": self.max_bad_fraction,
+                  "read_timeout": self.shard_read_timeout}
         if self.train_sources and self.train_stream is None:
             self.train_stream = TrainStream(
                 self.train_sources, TrainTransform(self.image_size, self.augment), self.batch_size,

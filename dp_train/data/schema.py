@@ -47,6 +47,8 @@ REQUIRED_JSON_FIELDS = (
 _KEY_RE = re.compile(r"[A-Za-z0-9_-]+(?:/[A-Za-z0-9_-]+)*")
 _TAR_MTIME = 0.0  # fixed member time: the same samples give byte-identical shards
 _PNG16_MODES = ("I;16", "I;16L", "I;16B", "I")
+_RGB8_MODES = ("RGB", "L", "LA", "RGBA", "P", "PA", "CMYK", "YCbCr", "1")
+"""Image modes of 8 bits (or fewer) per channel, converted to RGB without loss of depth."""
 _CV2_JPEG_FLAGS = (  # None where OpenCV is too old to decode to RGB: Pillow decodes every image
     cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION if hasattr(cv2, "IMREAD_COLOR_RGB") else None
 )
@@ -384,6 +386,9 @@ def _load_rgb(data: bytes) -> np.ndarray:
             image = cv2.imdecode(np.frombuffer(data, np.uint8), _CV2_JPEG_FLAGS)
             if image is not None:
                 return image
+        if img.mode not in _RGB8_MODES:
+            raise ValueError(f"image is a {img.format} of mode {img.mode}: training images must be 8-bit "
+                             "(converting would clip it to 8 bits; re-encode it with make_shards)")
         return np.array(img if img.mode == "RGB" else img.convert("RGB"))
 
 

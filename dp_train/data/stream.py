@@ -32,8 +32,18 @@ from torch.utils.data import IterableDataset, get_worker_info
 from dp_train.data.augment import View
 from dp_train.data.native import native_truth
 from dp_train.data.schema import Sample, decode_sample, shard_counts, shard_urls
+from dp_train.data.shardio import TimedStream
 
 log = logging.getLogger(__name__)
+
+DEFAULT_READ_TIMEOUT = 300.0
+"""Seconds a shard may deliver no bytes before it fails (`data.shard_read_timeout`): long enough for a slow
+network mount's first byte, short enough that a hung one stops the run instead of hanging it."""
+
+
+METRIC_DEPTH_LIMITS = (1e-3, 1e5)
+"""[min, max] metres a metric depth pixel may hold to be trained on or evaluated: outside (a 1 micron or a
+10^30 m depth, from a unit or encoding mistake) its inverse depth would dominate or overflow the loss."""
 
 
 class DataError(RuntimeError):
@@ -169,6 +179,13 @@ class SourceHealth:
                 f"(more than {self.max_bad_fraction:.0%}); last: {reason}"
             )
 
+    def check_total(self) -> None:
+        """Stop if the source's bad share, over every record read, exceeds `max_bad_fraction` (validation calls
+        it at the end of a source: a small or fully unreadable set never reaches the running guard's minimum)."""
+        if self.bad > self.max_bad_fraction * self.seen:
+            raise DataError(f"source {self.name!r}: {self.bad} of {self.seen} records failed "
+                            f"(more than {self.max_bad_fraction:.0%})")
+
     def take_unreported(self) -> int:
         """Bad records since the previous call (reported once with a batch)."""
         count, self.unreported = self.unreported, 0
@@ -182,12 +199,18 @@ def describe_error(err: BaseException) -> str:
     return f"{type(err).__name__}: {err.args[0] if err.args else err}"
 
 
-def raw_records(shards: list[str], stride: int, offset: int, health: SourceHealth) -> Iterator[dict]:
+def raw_records(shards: list[str], stride: int, offset: int, health: SourceHealth,
+                sizes: dict[str, int] | None = None, timeout: float = DEFAULT_READ_TIMEOUT) -> Iterator[dict]:
     """Raw webdataset records of `shards`, keeping every `stride`-th from `offset`.
 
     A shard that cannot be opened or is cut short counts as one bad record
-    (webdataset may report the same broken stream at several levels).
+    (webdataset may report the same broken stream at several levels). A key met
+    again in this pass is a bad record, not read twice. With `sizes` (samples per
+    shard from its index), a shard that ends with fewer or more records than its
+    index lists (a damaged tar header ends a tar early) counts the difference as bad.
+    A shard that delivers no bytes for `timeout` seconds fails like an unreadable one.
     """
+    keys: set[str] = set()
     for url in shards:
         failed: list[Exception] = []
 
@@ -197,10 +220,20 @@ def raw_records(shards: list[str], stride: int, offset: int, health: SourceHealt
             failed.append(err)
             return True
 
-        records = wds.tariterators.tarfile_samples([{"url": url}], handler=on_error)
-        for index, record in enumerate(records):
-            if index % stride == offset:
-                yield record
+        with TimedStream(url, timeout) as stream:
+            files = wds.tariterators.tar_file_expander([{"url": url, "stream": stream}], handler=on_error)
+            count = -1
+            for count, record in enumerate(wds.tariterators.group_by_keys(files, handler=on_error)):
+                if count % stride == offset:
+                    if record["__key__"] in keys:
+                        health.record_bad(f"{record['__key__']} in {url}: duplicate sample key (already read)")
+                        continue
+                    keys.add(record["__key__"])
+                    yield record
+        if sizes is not None and url in sizes and not failed and count + 1 != sizes[url]:
+            missing = len(range(offset, sizes[url], stride)) - len(range(offset, count + 1, stride))
+            for _ in range(max(abs(missing), 1)):
+                health.record_bad(f"shard {url}: holds {count + 1} samples, its index lists {sizes[url]}")
 
 
 def shuffled(records: Iterator[dict], buffer: int, rng: np.random.Generator) -> Iterator[dict]:
@@ -251,6 +284,11 @@ def apply_flags(sample: Sample, source: SourceConfig) -> Sample:
     if meta.metric and source.depth_range is not None:
         low, high = source.depth_range
         sample.valid = sample.valid & (sample.depth >= low) & (sample.depth <= high)
+    if meta.metric:
+        low, high = METRIC_DEPTH_LIMITS
+        sample.valid = sample.valid & (sample.depth >= low) & (sample.depth <= high)
+    if not sample.valid.any():
+        raise ValueError(f"{sample.key}: no valid depth pixel (all zero, masked out or outside the depth range)")
     return sample
 
 
@@ -302,6 +340,7 @@ class _StreamBase(IterableDataset):
         seed: int = 0,
         max_bad_fraction: float = 0.05,
         min_records_for_guard: int = 50,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
     ) -> None:
         super().__init__()
         if not sources:
@@ -312,6 +351,7 @@ class _StreamBase(IterableDataset):
         self.seed = seed
         self.max_bad_fraction = max_bad_fraction
         self.min_records_for_guard = min_records_for_guard
+        self.read_timeout = read_timeout
         self.rank, self.world_size, self.epoch, self.start_batch = 0, 1, 0, 0
 
     def set_distributed(self, rank: int, world_size: int) -> None:
@@ -383,7 +423,8 @@ class TrainStream(_StreamBase):
             shards, stride, offset = assign_shards(source.shard_urls(), place, pass_seed)
             rng = np.random.default_rng(sample_seed(pass_seed, place.index))
             produced = False
-            for record in shuffled(raw_records(shards, stride, offset, health), self.shuffle_buffer, rng):
+            records = raw_records(shards, stride, offset, health, source.shard_sizes(), self.read_timeout)
+            for record in shuffled(records, self.shuffle_buffer, rng):
                 if skip > 0:
                     skip, produced = skip - 1, True
                     continue
@@ -449,11 +490,13 @@ class ValStream(_StreamBase):
         for index, source in enumerate(self.sources):
             shards, stride, offset = assign_shards(source.shard_urls(), place, order_seed=None)
             pending: list[tuple[int, Sample]] = []
-            for sample in decoded(raw_records(shards, stride, offset, health[index]), source, health[index]):
-                pending.append((index, sample))
-                if len(pending) == self.batch_size:
+            records = raw_records(shards, stride, offset, health[index], source.shard_sizes(), self.read_timeout)
+            for sample in decoded(records, source, health[index]):  # a full batch waits for the next sample:
+                if len(pending) == self.batch_size:  # the last one carries the source's final bad count
                     yield (last := self._batch(pending, health, [0] * len(pending)))
                     pending = []
+                pending.append((index, sample))
+            health[index].check_total()
             if pending:
                 yield (last := self._batch(pending, health, [0] * len(pending)))
         if place.worker == 0:
@@ -478,7 +521,8 @@ class ValStream(_StreamBase):
         if missing and template is None:
             template = self._batch([(0, self._first_sample(health))], health, [0])
         for _ in range(missing):
-            yield template | {"padding": torch.ones_like(template["padding"])}
+            yield template | {"padding": torch.ones_like(template["padding"]),
+                              "bad_records": torch.zeros_like(template["bad_records"])}
 
     def rank_batches(self, rank: int) -> int | None:
         """Batches a rank's workers yield (None when a source's sample counts are unknown)."""
@@ -498,4 +542,4 @@ class ValStream(_StreamBase):
     def _first_sample(self, health: list[SourceHealth]) -> Sample:
         """The first decodable sample of the first source (content for padding batches)."""
         source = self.sources[0]
-        return next(decoded(raw_records(source.shard_urls(), 1, 0, health[0]), source, health[0]))
+        return next(decoded(raw_records(source.shard_urls(), 1, 0, health[0], timeout=self.read_timeout), source, health[0]))
