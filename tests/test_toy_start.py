@@ -1,0 +1,97 @@
+"""The shipped toy start (weights/toy_start.safetensors): Apple's layout, the quick start's network, a network
+that already resolves scene structure on held-out scenes, and the tool that makes it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors import safe_open
+
+from dp_train.data.schema import decode_sample, shard_urls
+from dp_train.data.stream import SourceHealth, raw_records
+from dp_train.images import image_to_tensor
+from dp_train.metrics import depth_metrics
+from dp_train.model import DepthProConfig, build_depth_pro, load_weights
+from dp_train.predict import load_model
+
+REPO = Path(__file__).resolve().parents[1]
+START = REPO / "weights" / "toy_start.safetensors"
+HELD_OUT = REPO / "shards" / "sample" / "val" / "synth-val.index.json"
+HELD_OUT_SCENES = 16
+
+
+def quickstart_network() -> torch.nn.Module:
+    """The network recipes/quickstart.yaml trains (its `model.preset` and `model.network`)."""
+    model = yaml.safe_load((REPO / "recipes" / "quickstart.yaml").read_text())["model"]
+    network = {k: tuple(v) if isinstance(v, list) else v for k, v in model["network"].items()}
+    return build_depth_pro(DepthProConfig.preset(model["preset"], **network))
+
+
+def test_start_has_apples_tensor_names(fixtures_dir):
+    """Exactly the tensor names Apple's code gives a network of this depth (its 4-block tiny network, saved by
+    the reference implementation), each also a name of the released depth_pro.pt: Apple's code loads it."""
+    apple_tiny = torch.load(fixtures_dir / "tiny_depth_pro_state_dict.pt", weights_only=True)
+    released = json.loads((fixtures_dir / "apple_depth_pro_state_dict_manifest.json").read_text())["tensors"]
+    with safe_open(START, "pt") as f:
+        names = set(f.keys())
+    assert names == set(apple_tiny)
+    assert names <= set(released)
+
+
+def test_start_loads_strictly_into_the_quickstart_network():
+    """The quick start's `model.init_from` needs an exact fit (strict: no missing, unexpected or reshaped key)."""
+    net = quickstart_network()
+    load_weights(net, START, strict=True)
+    state = net.state_dict()
+    with safe_open(START, "pt") as f:
+        assert all(torch.equal(state[name], f.get_tensor(name)) for name in f.keys())
+
+
+def held_out_scenes() -> list:
+    """The first held-out scenes of the quick start's validation shards (seeds 100,000 and up)."""
+    health = SourceHealth("held_out", max_bad_fraction=0.0, min_records=0)
+    records = raw_records(shard_urls(str(HELD_OUT)), 1, 0, health)
+    return [decode_sample(raw) for raw, _ in zip(records, range(HELD_OUT_SCENES))]
+
+
+def held_out_errors(model: torch.nn.Module) -> dict[str, float]:
+    """AbsRel and delta1 of `model`'s metric depth (given the true focal length) over the held-out scenes."""
+    errors = []
+    for sample in held_out_scenes():
+        with torch.inference_mode():
+            depth = model.infer(image_to_tensor(sample.image / 255.0), f_px=sample.meta.f_px)["depth"]
+        gt = torch.from_numpy(np.where(sample.valid, sample.depth, 0.0))
+        errors.append(depth_metrics(depth[None].float(), gt[None]))
+    return {name: float(torch.cat([e[name] for e in errors]).mean()) for name in ("abs_rel", "delta1")}
+
+
+def test_start_resolves_held_out_scenes():
+    """Loaded as `predict` loads it (shape from the file's header), the start predicts metric depth on scenes
+    it never saw far better than the untrained network of the same shape (what real runs get from DINOv2)."""
+    start = held_out_errors(load_model(START, preset=None))
+    torch.manual_seed(0)
+    untrained = held_out_errors(quickstart_network().eval())
+    assert start["abs_rel"] < 0.7 * untrained["abs_rel"]
+    assert start["delta1"] > untrained["delta1"] + 0.3
+
+
+@pytest.mark.slow
+def test_make_toy_start_renders_trains_exports_and_never_overwrites(tmp_path):
+    """The tool runs end to end at a smoke budget into its own folder, writes a strictly loadable file, and
+    refuses to replace it."""
+    out = tmp_path / "start.safetensors"
+    cmd = [sys.executable, str(REPO / "tools" / "make_toy_start.py"), "--run-dir", str(tmp_path / "run"),
+           "--steps", "2", "--train-scenes", "4", "--val-scenes", "2", "--size", "64", "--out", str(out)]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    load_weights(quickstart_network(), out, strict=True)
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines() == [f"error: {out} exists (pass --overwrite to replace it)"]

@@ -1,0 +1,123 @@
+#!/usr/bin/env python
+"""Make the toy "pretrained" start: the tiny network trained on many procedural scenes, on a CPU.
+
+Real Depth Pro runs start from DINOv2 encoders or from Apple's `depth_pro.pt`; the toy runs of this
+repository (the quick start, `tools/ablate.py`, the fine-tuning demo) start from this file instead, so that
+they begin with a network that already resolves scene structure. The shipped `weights/toy_start.safetensors`
+was made by this command (its figures: weights/README.md):
+
+    python tools/make_toy_start.py
+
+It renders the training and validation scenes that `recipes/toy_start.yaml` names (seeds 1,000,000 and up,
+validation 200,000 and up: never the quick start's), runs `python -m dp_train fit --recipe
+recipes/toy_start.yaml`, and exports the last checkpoint's network in Apple's layout (a `.safetensors`, which
+also records the network's shape). A run that was stopped resumes from its `last.ckpt` when started again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes" / "toy_start.yaml"
+TRAIN_SEED = 1_000_000
+VAL_SEED = 200_000
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's max_steps)")
+    parser.add_argument("--train-scenes", type=int, default=3000, help="training scenes to render")
+    parser.add_argument("--val-scenes", type=int, default=32, help="validation scenes to render")
+    parser.add_argument("--size", type=int, default=256, help="scene side in pixels (the network input is 512)")
+    parser.add_argument("--run-dir", type=Path, default=None,
+                        help="where scenes, logs and checkpoints go (default: the recipe's, runs/toy_start)")
+    parser.add_argument("--out", type=Path, default=REPO / "weights" / "toy_start.safetensors")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    return parser.parse_args(argv)
+
+
+def run_overrides(recipe: dict, run_dir: Path) -> list[str]:
+    """Command-line overrides that move the recipe's run (scenes, logs, checkpoints) into `run_dir`."""
+    data = recipe["data"]
+    train = dict(data["train_sources"][0], urls=str(run_dir / "scenes" / "train" / "toy-train.index.json"))
+    val = dict(data["val_sources"][0], urls=str(run_dir / "scenes" / "val" / "toy-val.index.json"))
+    return [f"--trainer.default_root_dir={run_dir}", f"--trainer.logger.init_args.save_dir={run_dir}",
+            f"--trainer.callbacks.init_args.dirpath={run_dir / 'checkpoints'}",
+            f"--data.train_sources={json.dumps([train])}", f"--data.val_sources={json.dumps([val])}"]
+
+
+def render(index: Path, count: int, seed: int, size: int) -> None:
+    """Render `count` scenes from `seed` into the shards `index` names, unless they are there already."""
+    if index.is_file():
+        return
+    prefix = index.name.removesuffix(".index.json")
+    subprocess.run([sys.executable, str(REPO / "tools" / "synth_scenes.py"), "--out", str(index.parent),
+                    "--prefix", prefix, "--count", str(count), "--seed", str(seed), "--size", str(size),
+                    "--samples-per-shard", "250", "--depth-format", "png16", "--quiet"], check=True)
+
+
+def train(run_dir: Path, overrides: list[str], steps: int | None) -> Path:
+    """Run the recipe (resuming a stopped run from its last.ckpt); returns the last checkpoint."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    cmd = [sys.executable, "-m", "dp_train", "fit", "--recipe", str(RECIPE), *overrides]
+    if steps is not None:
+        cmd.append(f"--trainer.max_steps={steps}")
+    if last.is_file():
+        cmd += ["--ckpt_path", str(last)]
+    subprocess.run(cmd, check=True, cwd=REPO)
+    return last
+
+
+def validation_history(run_dir: Path) -> list[dict[str, str]]:
+    """The validation rows of the run's CSV logs (all versions, in step order)."""
+    rows = []
+    for path in sorted(run_dir.glob("version_*/metrics.csv")):
+        with path.open() as f:
+            rows += [row for row in csv.DictReader(f) if row.get("val/abs_rel")]
+    return sorted(rows, key=lambda row: int(row["step"]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Render, train, export; print the validation history and the wall time."""
+    args = parse_args(argv)
+    if args.out.exists() and not args.overwrite:
+        print(f"error: {args.out} exists (pass --overwrite to replace it)", file=sys.stderr)
+        return 2
+    start = time.monotonic()
+    recipe = yaml.safe_load(RECIPE.read_text())
+    run_dir = (args.run_dir or REPO / recipe["trainer"]["default_root_dir"]).resolve()
+    render(run_dir / "scenes" / "train" / "toy-train.index.json", args.train_scenes, TRAIN_SEED, args.size)
+    render(run_dir / "scenes" / "val" / "toy-val.index.json", args.val_scenes, VAL_SEED, args.size)
+    last = train(run_dir, run_overrides(recipe, run_dir), args.steps)
+    export = [sys.executable, "-m", "dp_train", "export", "--ckpt", str(last), "--out", str(args.out)]
+    subprocess.run(export + (["--overwrite"] if args.overwrite else []), check=True, cwd=REPO)
+    print("step  AbsRel  delta1  boundary F1")
+    for row in validation_history(run_dir):
+        print(f"{row['step']:>5}  {float(row['val/abs_rel']):.3f}  {float(row['val/delta1']):.3f}  "
+              f"{float(row.get('val/boundary_f1') or 'nan'):.4f}")
+    print(f"wrote {args.out} in {(time.monotonic() - start) / 60:.1f} min")
+    return 0
+
+
+def run_main() -> int:
+    """`main`, with a failed step (rendering, training, export) reported as one line after its own output."""
+    try:
+        return main()
+    except subprocess.CalledProcessError as err:
+        step = " ".join(str(part) for part in err.cmd[1:3])
+        print(f"error: `{step}` failed (exit {err.returncode}); its own message is above", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(run_main())
