@@ -282,11 +282,16 @@ class DepthDataModule(L.LightningDataModule):
 
     def _stream_changes(self) -> list[str]:
         """How this run's stream settings and dataloader workers differ from the checkpoint's (empty: the
-        stream continues exactly)."""
+        stream continues exactly). A source added or removed since the checkpoint is such a change, not an
+        error: the weights, optimizer and schedules are those of the checkpoint whatever the data, so a run may
+        go on with more (or fewer) sets; only the position inside the epoch cannot be kept."""
         recorded = self.train_position.workers
         changes = setting_changes(self._resumed_settings, self._stream_settings())
         if recorded not in (0, max(1, self.num_workers)):
             changes.insert(0, f"data.num_workers {self.num_workers} (checkpoint: {recorded})")
+        sources = {len(counts) for counts in self.train_position.records.values()} - {len(self.train_sources)}
+        if sources and "data.train_sources" not in self._resumed_settings:  # a checkpoint without the settings
+            changes.append(f"{len(self.train_sources)} data.train_sources (checkpoint: {sources.pop()})")
         return changes
 
     def val_dataloader(self) -> EpochLoader | list:
