@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from dp_train.data.augment import AugmentConfig, EvalTransform, TrainTransform
+from dp_train.data.repeats import EvaluatedOnce
 from dp_train.data.stream import (
     DEFAULT_READ_TIMEOUT, SourceConfig, TrainStream, ValStream, normalize_images, sample_seed,
 )
@@ -67,7 +68,8 @@ class EpochLoader(DataLoader):
     `position_fn` returns (epoch, batches of this epoch already trained): after
     a mid-epoch resume the stream continues at the right global batch index, so
     the curriculum's mixture schedule stays aligned with the optimizer steps.
-    Without it, each iteration starts the next epoch from its first batch.
+    Without it, each iteration starts the next epoch from its first batch. `on_start` is called as each
+    iteration begins (an evaluation pass starts its record of samples seen).
 
     Each iteration draws its workers' base seed from a generator of its own, seeded by (data seed,
     epoch, rank), not from torch's global RNG: the RNG state a checkpoint holds then does not depend
@@ -77,12 +79,16 @@ class EpochLoader(DataLoader):
     process of the job, and only the training process may act on them.
     """
 
-    def __init__(self, dataset, position_fn: Callable[[], tuple[int, int]] | None = None, **kwargs) -> None:
+    def __init__(self, dataset, position_fn: Callable[[], tuple[int, int]] | None = None,
+                 on_start: Callable[[], None] | None = None, **kwargs) -> None:
         super().__init__(dataset, batch_size=None, generator=torch.Generator(), **kwargs)
         self._position_fn = position_fn
+        self._on_start = on_start
         self._next_epoch = 0
 
     def __iter__(self) -> Iterator:
+        if self._on_start is not None:
+            self._on_start()
         if self._position_fn is not None:
             self.dataset.epoch, self.dataset.start_batch = self._position_fn()
         else:
@@ -165,6 +171,7 @@ class DepthDataModule(L.LightningDataModule):
         self.train_stream: TrainStream | None = None
         self.val_stream: ValStream | None = None
         self.test_stream: ValStream | None = None
+        self._evaluated = EvaluatedOnce()
 
     def _distribution(self) -> tuple[int, int]:
         """(rank, world size) of this process, from the trainer when attached."""
@@ -223,13 +230,15 @@ class DepthDataModule(L.LightningDataModule):
             return self.worker_start_method
         return "forkserver" if self._distribution()[1] > 1 else None
 
-    def _loader(self, stream, position_fn: Callable[[], tuple[int, int]] | None = None) -> EpochLoader:
+    def _loader(self, stream, position_fn: Callable[[], tuple[int, int]] | None = None,
+                on_start: Callable[[], None] | None = None) -> EpochLoader:
         workers = self.num_workers
         if workers > 0:
             stop_opencv_threads()
         return EpochLoader(
             stream,
             position_fn=position_fn,
+            on_start=on_start,
             num_workers=workers,
             worker_init_fn=functools.partial(init_worker, owner=os.getpid()) if workers > 0 else None,
             multiprocessing_context=worker_context(self._start_method()) if workers > 0 else None,
@@ -295,21 +304,23 @@ class DepthDataModule(L.LightningDataModule):
         return changes
 
     def val_dataloader(self) -> EpochLoader | list:
-        """Every validation sample exactly once across ranks and workers (empty without val sources)."""
-        return self._loader(self.val_stream) if self.val_stream is not None else []
+        """Every validation sample exactly once across ranks and workers, a sample held twice by its shards
+        included (empty without val sources)."""
+        return self._loader(self.val_stream, on_start=self._evaluated.start) if self.val_stream is not None else []
 
     def test_dataloader(self) -> EpochLoader:
         """Every test sample exactly once across ranks and workers."""
         if self.test_stream is None:
             raise ValueError("the recipe has no data.test_sources")
-        return self._loader(self.test_stream)
+        return self._loader(self.test_stream, on_start=self._evaluated.start)
 
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        """Account each trained batch's raw records per worker (the stream position a resume needs)."""
+        """Account each trained batch's raw records per worker (the stream position a resume needs); in an
+        evaluation batch, samples this pass already scored become padding (data/repeats.py)."""
         if "records_read" in batch and self.trainer is not None and self.trainer.training:
             self.train_position.add(self.trainer.current_epoch, int(batch["worker"]), max(1, self.num_workers),
                                     batch["records_read"].tolist())
-        return batch
+        return self._evaluated.mark_repeats(batch) if "padding" in batch else batch
 
     def state_dict(self) -> dict[str, Any]:
         """Every rank's train-stream position (a collective: Lightning calls it on all ranks)."""
