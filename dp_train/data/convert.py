@@ -651,7 +651,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "disparity / relative (non-metric sources); no default on purpose")
     focal = p.add_mutually_exclusive_group()
     focal.add_argument("--f-px", type=float, metavar="F", help="focal length in pixels, all images")
-    focal.add_argument("--focal-file", metavar="PATH", help="CSV (stem,f_px; optional header naming the column f_px) or JSON {stem: f_px}")
+    focal.add_argument("--focal-file", metavar="PATH",
+                       help="CSV (stem,f_px; optional header naming the column f_px) or JSON {stem: f_px}")
     p.add_argument("--png-scale", type=float, metavar="S",
                    help="16-bit PNG depth: depth (in --units) = PNG value * S")
     p.add_argument("--mask-dir", metavar="DIR", help="optional validity masks by stem (nonzero = valid)")

@@ -44,4 +44,3 @@ class EvaluatedOnce:
                                 "counted as a bad record", key, source)
             self.seen.add((source, key))
         return batch | {"padding": padding, "bad_records": bad}
-
