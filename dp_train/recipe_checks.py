@@ -1,9 +1,7 @@
 """Checks across a recipe's objects, before any work: values each class accepts alone but not together.
 
-Ranges of the data module's values are checked here too, not as jsonargparse's restricted types
-(`PositiveInt`, ...) in its signature: LightningCLI would pass instances of those types to the classes, the
-checkpoint would then hold them, and `weights_only` loading (every resume) refuses them. Each failure is one
-ValueError naming the recipe key, which the CLI prints as one `error:` line.
+A value out of range on its own is refused by its class's constructor (`dp_train/ranges.py`). Each failure is
+one ValueError naming the recipe key, which the CLI prints as one `error:` line.
 """
 
 from __future__ import annotations
@@ -12,18 +10,10 @@ import os
 from typing import Any
 
 from dp_train.curriculum import CurriculumCallback
-from dp_train.ranges import POSITIVE, SHARE, Range, check_ranges
-
-DATA_RANGES: dict[str, Range] = {
-    "batch_size": Range(1), "val_batch_size": Range(1), "samples_per_epoch": Range(1), "shuffle_buffer": Range(1),
-    "image_size": Range(1), "num_workers": Range(0), "max_bad_fraction": SHARE, "shard_read_timeout": POSITIVE,
-}
-"""Range of each numeric `data` value."""
 
 
 def check_recipe(subcommand: str | None, model: Any, datamodule: Any, trainer: Any) -> None:
     """Raise one ValueError for the first inconsistency of the instantiated recipe."""
-    check_ranges("data", vars(datamodule), DATA_RANGES)
     check_image_size(model, datamodule)
     check_weights("data.train_sources", datamodule.train_sources)
     for key in ("train_sources", "val_sources", "test_sources"):

@@ -22,6 +22,7 @@ from dp_train.data.repeats import EvaluatedOnce
 from dp_train.data.stream import (
     DEFAULT_READ_TIMEOUT, SourceConfig, TrainStream, ValStream, normalize_images, sample_seed,
 )
+from dp_train.ranges import POSITIVE, SHARE, Range, check_ranges
 from dp_train.resume import TrainPosition, gather_per_rank, own_entry, setting_changes
 from dp_train.slurm import scheduler_signals_blocked, take_scheduler_signals_in_worker
 
@@ -29,6 +30,14 @@ log = logging.getLogger(__name__)
 
 START_METHODS = ("auto", None, "fork", "spawn", "forkserver")
 """Accepted `worker_start_method` values."""
+DATA_RANGES: dict[str, Range] = {
+    "batch_size": Range(1), "val_batch_size": Range(1), "samples_per_epoch": Range(1), "shuffle_buffer": Range(1),
+    "image_size": Range(1), "num_workers": Range(0), "max_bad_fraction": SHARE, "shard_read_timeout": POSITIVE,
+}
+"""Range of each numeric `data` value (a batch of 0 divides by zero, -1 workers fails in torch). Checked in the
+constructor, not as jsonargparse restricted types (`PositiveInt`, ...) in its signature: LightningCLI would pass
+instances of those types on, the checkpoint would hold them, and `weights_only` loading (every resume) refuses
+them."""
 FORKSERVER_PRELOAD = ("dp_train.data.datamodule", "torch.utils.data._utils.worker")
 """Modules a fork server imports once, before forking any worker: each worker then starts in ~0.1 s instead
 of importing the data pipeline itself (~5 s, at every epoch and validation)."""
@@ -165,6 +174,7 @@ class DepthDataModule(L.LightningDataModule):
         self.max_bad_fraction = max_bad_fraction
         self.shard_read_timeout = shard_read_timeout
         self.pin_memory = pin_memory
+        check_ranges("data", vars(self), DATA_RANGES)
         self.train_position = TrainPosition()
         self._resumed_settings: dict[str, Any] = {}
         """The checkpoint's `_stream_settings` (empty: not resumed, or a checkpoint without them)."""
