@@ -27,6 +27,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from dp_train.data.schema import ShardIndexError
 from dp_train.data.stream import DataError
 from dp_train.model.config import network_shape
+from dp_train.parse_errors import short_reason
 from dp_train.resume import AtomicCheckpointIO, CheckpointError, checkpoint_hparams
 from dp_train.recipe_checks import check_recipe
 from dp_train.recipe_file import RecipeFile
@@ -58,13 +59,14 @@ class RecipeError(Exception):
 
 
 class RecipeParser(LightningArgumentParser):
-    """Reports a bad recipe or override as one `error:` line naming the key (no usage dump)."""
+    """Reports a bad recipe or override as one `error:` line naming the key and the innermost reason (no usage
+    dump, no union-type report: dp_train/parse_errors.py)."""
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         """Print the error on one line and exit with status 2."""
         if not self.exit_on_error:
             super().error(message, ex)
-        one_line = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+        one_line = short_reason(str(message))
         prog = self.prog.replace(" [options]", "")
         sys.stderr.write(f"error: {one_line} (see `{prog} --help`)\n")
         self.exit(2)

@@ -49,6 +49,19 @@ class CurriculumCallback(L.Callback):
         self._applied: int | None = None
         self._base_loss: Objective | None = None
 
+    def check_mixtures(self, sources: list[str]) -> None:
+        """Every stage's mixture names only training `sources`, with weights >= 0 of which one is positive: a
+        ValueError naming the stage, otherwise found only when training reaches the stage's setup."""
+        for stage in self.stages:
+            mixture = stage.mixture or {}
+            unknown = sorted(set(mixture) - set(sources))
+            where = f"trainer.callbacks: CurriculumCallback stage {stage.name!r}: mixture"
+            if unknown:
+                raise ValueError(f"{where} names unknown source(s) {', '.join(map(repr, unknown))}; "
+                                 f"data.train_sources are {', '.join(map(repr, sources))}")
+            if mixture and not (all(0 <= w < float("inf") for w in mixture.values()) and any(mixture.values())):
+                raise ValueError(f"{where} weights must be >= 0 and not all 0, got {mixture}")
+
     def stage_at(self, step: int) -> int:
         """Index of the stage in force at optimizer step `step`."""
         return max(i for i, s in enumerate(self.stages) if s.start_step <= step)

@@ -16,12 +16,18 @@ from dp_train.evaluation import EvaluatedImage, evaluated_images, focal_from_fov
 from dp_train.losses import Objective, depth_objective, fov_objective
 from dp_train.metrics import BoundaryF1, BoundaryRecall, DepthMetrics, FocalMetrics
 from dp_train.model import DepthProConfig, build_depth_pro, load_weights
+from dp_train.ranges import POSITIVE, Range, check_ranges
 from dp_train.resume import gather_per_rank, own_entry, rng_state, set_rng_state
 from dp_train.schedules import build_schedule
 from dp_train.visualize import depth_panel
 
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "gamma", "norm", "bias")
 """Parameters kept out of weight decay: embeddings, layer scales, norms and biases."""
+MODEL_RANGES: dict[str, Range] = {
+    "trim_fraction": Range(0, 1, high_open=True), "derivative_scales": Range(1), "lr_encoder": POSITIVE,
+    "lr_decoder": POSITIVE, "weight_decay": Range(0), "min_lr_ratio": Range(0, 1),
+}
+"""Range of each numeric `model` value (a negative LR drives the loss to inf; trimming every pixel leaves none)."""
 
 
 def build_network(preset: str, network: dict[str, Any] | None) -> nn.Module:
@@ -92,6 +98,7 @@ class DepthProModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        check_ranges("model", self.hparams, MODEL_RANGES)
         self.net = build_network(preset, network)
         if init_from:
             load_weights(self.net, init_from, strict=init_strict)

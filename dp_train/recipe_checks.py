@@ -1,29 +1,19 @@
 """Checks across a recipe's objects, before any work: values each class accepts alone but not together.
 
-Ranges of the data module's values are checked here too, not as jsonargparse's restricted types
-(`PositiveInt`, ...) in its signature: LightningCLI would pass instances of those types to the classes, the
-checkpoint would then hold them, and `weights_only` loading (every resume) refuses them. Each failure is one
-ValueError naming the recipe key, which the CLI prints as one `error:` line.
+A value out of range on its own is refused by its class's constructor (`dp_train/ranges.py`). Each failure is
+one ValueError naming the recipe key, which the CLI prints as one `error:` line.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any
 
-
-DATA_RANGES: dict[str, tuple[float, float]] = {
-    "batch_size": (1, math.inf), "val_batch_size": (1, math.inf), "samples_per_epoch": (1, math.inf),
-    "shuffle_buffer": (1, math.inf), "image_size": (1, math.inf), "num_workers": (0, math.inf),
-    "max_bad_fraction": (0, 1), "shard_read_timeout": (1e-3, math.inf),
-}
-"""Closed range of each numeric `data` value."""
+from dp_train.curriculum import CurriculumCallback
 
 
 def check_recipe(subcommand: str | None, model: Any, datamodule: Any, trainer: Any) -> None:
     """Raise one ValueError for the first inconsistency of the instantiated recipe."""
-    check_ranges(datamodule)
     check_image_size(model, datamodule)
     check_weights("data.train_sources", datamodule.train_sources)
     for key in ("train_sources", "val_sources", "test_sources"):
@@ -33,15 +23,9 @@ def check_recipe(subcommand: str | None, model: Any, datamodule: Any, trainer: A
         if not datamodule.train_sources:
             raise ValueError("data.train_sources is empty: fit needs at least one training source")
         check_checkpoint_dirs(trainer)
-
-
-def check_ranges(datamodule: Any) -> None:
-    """Each numeric data value lies in its range (a batch of 0 divides by zero, -1 workers fails in torch)."""
-    for name, (low, high) in DATA_RANGES.items():
-        value = getattr(datamodule, name)
-        if not low <= value <= high:
-            bound = f">= {low:g}" if high == math.inf else f"in [{low:g}, {high:g}]"
-            raise ValueError(f"data.{name}={value}: must be {bound}")
+        for callback in trainer.callbacks:
+            if isinstance(callback, CurriculumCallback):
+                callback.check_mixtures(datamodule.source_names("train"))
 
 
 def check_image_size(model: Any, datamodule: Any) -> None:

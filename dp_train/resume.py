@@ -109,14 +109,31 @@ class TrainPosition:
 
 
 def setting_changes(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """`key value (checkpoint: value)` for each setting a checkpoint recorded that this run changed (lists
-    and dicts, e.g. data sources, are named only)."""
+    """`key value (checkpoint: value)` for each setting a checkpoint recorded that this run changed (lists of
+    named entries, e.g. data sources, by the names added, removed or changed; other lists and dicts by key)."""
     changes = []
     for key, value in current.items():
         if key in recorded and recorded[key] != value:
-            plain = not isinstance(value, (list, dict))
-            changes.append(f"{key} {value} (checkpoint: {recorded[key]})" if plain else f"other {key}")
+            if isinstance(value, list) and isinstance(recorded[key], list):
+                changes.append(f"{key} {named_changes(recorded[key], value)}")
+            elif isinstance(value, dict):
+                changes.append(f"other {key}")
+            else:
+                changes.append(f"{key} {value} (checkpoint: {recorded[key]})")
     return changes
+
+
+def named_changes(recorded: list[Any], current: list[Any]) -> str:
+    """How two lists of `{"name": ...}` entries differ: `added 'b', removed 'c', changed 'a'` (`changed` when
+    the entries are not all named and unique, `reordered` when only their order differs)."""
+    before, after = ({entry.get("name"): entry for entry in entries if isinstance(entry, dict)}
+                     for entries in (recorded, current))
+    if len(before) != len(recorded) or len(after) != len(current):
+        return "changed"
+    parts = [f"{what} {', '.join(sorted(map(repr, names)))}" for what, names in (
+        ("added", after.keys() - before.keys()), ("removed", before.keys() - after.keys()),
+        ("changed", {name for name in before.keys() & after.keys() if before[name] != after[name]})) if names]
+    return ", ".join(parts) or "reordered"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -127,7 +127,7 @@ def test_workers_give_identical_shards(dataset):
     outs = []
     for workers in ("1", "2"):
         out = dataset["root"] / f"out{workers}"
-        assert main(_args(dataset, out, "--units", "m", "--workers", workers)) == 0
+        assert main(_args(dataset, out, "--units", "m", "--f-px", "20", "--workers", workers)) == 0
         outs.append(out)
     tars = [sorted(o.glob("*.tar")) for o in outs]
     assert [p.name for p in tars[0]] == [p.name for p in tars[1]] == ["toy-000000.tar"]
@@ -174,7 +174,7 @@ def test_units_is_required_with_depth(dataset, capsys):
     ],
 )
 def test_input_errors_are_one_line_exit_2(dataset, capsys, change, culprit):
-    args = _args(dataset, dataset["root"] / "out", "--units", "m")
+    args = _args(dataset, dataset["root"] / "out", "--units", "relative")
     change(args, dataset["root"])
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
@@ -182,7 +182,7 @@ def test_input_errors_are_one_line_exit_2(dataset, capsys, change, culprit):
 
 
 def test_png_depth_needs_scale_and_old_output_is_kept(dataset, capsys):
-    args = _args(dataset, dataset["root"] / "out", "--units", "m", "--workers", "1")
+    args = _args(dataset, dataset["root"] / "out", "--units", "m", "--f-px", "20", "--workers", "1")
     no_scale = args[:args.index("--png-scale")] + args[args.index("--png-scale") + 2:]
     assert main(no_scale) == 2
     assert "--png-scale" in capsys.readouterr().err
@@ -217,7 +217,7 @@ def test_exr_depth(tmp_path):
     with openexr.File(header, {"Z": depth}) as f:
         f.write(str(tmp_path / "depth" / "x.exr"))
     rc = main(["--images", str(tmp_path / "rgb"), "--depth", str(tmp_path / "depth"), "--out",
-               str(tmp_path / "out"), "--dataset", "exr", "--units", "m", "--depth-format", "npy32",
+               str(tmp_path / "out"), "--dataset", "exr", "--units", "m", "--f-px", "20", "--depth-format", "npy32",
                "--workers", "1"])
     assert rc == 0
     np.testing.assert_array_equal(_load(tmp_path / "out" / "exr.index.json")["x"].depth, depth)

@@ -244,7 +244,7 @@ def test_a_resume_says_in_one_line_when_the_stream_cannot_continue_exactly(shard
         assert dm.train_stream.resume_records == {}
 
 
-@pytest.mark.parametrize(("change", "message"), [("copied", None), ("reweighted", "other data.train_sources")])
+@pytest.mark.parametrize(("change", "message"), [("copied", None), ("reweighted", "data.train_sources changed 'a'")])
 def test_shards_count_by_file_name_and_sources_by_weight(shards, tmp_path, caplog, change, message):
     """Shards copied to another folder (node-local scratch) continue exactly; a changed weight is named."""
     source = (SourceConfig("a", str(shutil.copytree(shards.parent, tmp_path / "scratch") / shards.name))

@@ -203,8 +203,13 @@ def read_mask(path: Path) -> np.ndarray:
         return np.array(img.convert("L")) != 0
 
 
+FOCAL_COLUMNS = ("f_px", "focal", "focal_px", "focal_length", "fx")
+"""Names (any case) that make a focal CSV's first row a header: a header is recognised by its focal column's
+name, not by that column failing to parse, so a first row with a misspelt number is an error, not skipped."""
+
+
 def read_focal_file(path: Path) -> dict[str, float]:
-    """Read stem -> f_px from a JSON object or a CSV of `stem,f_px` rows (optional header)."""
+    """Read stem -> f_px from a JSON object or a CSV of `stem,f_px` rows (optional header, FOCAL_COLUMNS)."""
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
@@ -214,19 +219,31 @@ def read_focal_file(path: Path) -> dict[str, float]:
             table = json.loads(text)
             if not isinstance(table, dict):
                 raise ValueError("expected a JSON object {stem: f_px}")
-            items = list(table.items())
+            focal = {str(stem): positive_number(value, f"f_px of {stem!r}") for stem, value in table.items()}
         else:
-            rows = [r for r in csv.reader(text.splitlines()) if r and r[0].strip()]
-            if rows and not is_number(rows[0][1] if len(rows[0]) > 1 else ""):
-                rows = rows[1:]  # header
-            if any(len(r) < 2 for r in rows):
-                raise ValueError("every CSV row needs two columns: stem,f_px")
-            items = [(r[0].strip(), r[1]) for r in rows]
-        focal = {str(stem): positive_number(value, f"f_px of {stem!r}") for stem, value in items}
+            focal = read_focal_csv(text)
     except ValueError as e:
         raise ConvertError(f"cannot read focal file {path}: {e}") from None
     if not focal:
         raise ConvertError(f"focal file {path} lists no focal lengths")
+    return focal
+
+
+def read_focal_csv(text: str) -> dict[str, float]:
+    """stem -> f_px from `stem,f_px` rows; a bad row is a ValueError naming its line and column."""
+    focal = {}
+    first = True
+    reader = csv.reader(text.splitlines())
+    for row in reader:
+        if not row or not row[0].strip():
+            continue
+        header, first = first and len(row) > 1 and row[1].strip().lower() in FOCAL_COLUMNS, False
+        if header:
+            continue
+        if len(row) < 2:
+            raise ValueError(f"row {reader.line_num}: every CSV row needs two columns: stem,f_px")
+        stem = row[0].strip()
+        focal[stem] = positive_number(row[1], f"row {reader.line_num}, column 2 (f_px of {stem!r})")
     return focal
 
 
@@ -523,6 +540,9 @@ def _prepare(args: argparse.Namespace) -> tuple[Options, list[Job], list[tuple[s
     if depth_dir is None and (args.units, args.mask_dir, args.png_scale) != (None, None, None):
         raise ConvertError("--units, --mask-dir and --png-scale describe depth maps: a photo set (no --depth) "
                            "has none")
+    if args.units is not None and UNITS[args.units][0] and args.f_px is None and args.focal_file is None:
+        raise ConvertError(f"--units {args.units} is metric depth, which training uses only with a focal length: "
+                           "give --f-px or --focal-file")
     for flag, value in (("--f-px", args.f_px), ("--png-scale", args.png_scale)):
         if value is not None and not (math.isfinite(value) and value > 0):
             raise ConvertError(f"{flag} must be positive, got {value}")
@@ -631,7 +651,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "disparity / relative (non-metric sources); no default on purpose")
     focal = p.add_mutually_exclusive_group()
     focal.add_argument("--f-px", type=float, metavar="F", help="focal length in pixels, all images")
-    focal.add_argument("--focal-file", metavar="PATH", help="CSV (stem,f_px) or JSON {stem: f_px}")
+    focal.add_argument("--focal-file", metavar="PATH",
+                       help="CSV (stem,f_px; optional header naming the column f_px) or JSON {stem: f_px}")
     p.add_argument("--png-scale", type=float, metavar="S",
                    help="16-bit PNG depth: depth (in --units) = PNG value * S")
     p.add_argument("--mask-dir", metavar="DIR", help="optional validity masks by stem (nonzero = valid)")

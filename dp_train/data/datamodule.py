@@ -18,9 +18,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from dp_train.data.augment import AugmentConfig, EvalTransform, TrainTransform
+from dp_train.data.repeats import EvaluatedOnce
 from dp_train.data.stream import (
     DEFAULT_READ_TIMEOUT, SourceConfig, TrainStream, ValStream, normalize_images, sample_seed,
 )
+from dp_train.ranges import POSITIVE, SHARE, Range, check_ranges
 from dp_train.resume import TrainPosition, gather_per_rank, own_entry, setting_changes
 from dp_train.slurm import scheduler_signals_blocked, take_scheduler_signals_in_worker
 
@@ -28,6 +30,14 @@ log = logging.getLogger(__name__)
 
 START_METHODS = ("auto", None, "fork", "spawn", "forkserver")
 """Accepted `worker_start_method` values."""
+DATA_RANGES: dict[str, Range] = {
+    "batch_size": Range(1), "val_batch_size": Range(1), "samples_per_epoch": Range(1), "shuffle_buffer": Range(1),
+    "image_size": Range(1), "num_workers": Range(0), "max_bad_fraction": SHARE, "shard_read_timeout": POSITIVE,
+}
+"""Range of each numeric `data` value (a batch of 0 divides by zero, -1 workers fails in torch). Checked in the
+constructor, not as jsonargparse restricted types (`PositiveInt`, ...) in its signature: LightningCLI would pass
+instances of those types on, the checkpoint would hold them, and `weights_only` loading (every resume) refuses
+them."""
 FORKSERVER_PRELOAD = ("dp_train.data.datamodule", "torch.utils.data._utils.worker")
 """Modules a fork server imports once, before forking any worker: each worker then starts in ~0.1 s instead
 of importing the data pipeline itself (~5 s, at every epoch and validation)."""
@@ -67,7 +77,8 @@ class EpochLoader(DataLoader):
     `position_fn` returns (epoch, batches of this epoch already trained): after
     a mid-epoch resume the stream continues at the right global batch index, so
     the curriculum's mixture schedule stays aligned with the optimizer steps.
-    Without it, each iteration starts the next epoch from its first batch.
+    Without it, each iteration starts the next epoch from its first batch. `on_start` is called as each
+    iteration begins (an evaluation pass starts its record of samples seen).
 
     Each iteration draws its workers' base seed from a generator of its own, seeded by (data seed,
     epoch, rank), not from torch's global RNG: the RNG state a checkpoint holds then does not depend
@@ -77,12 +88,16 @@ class EpochLoader(DataLoader):
     process of the job, and only the training process may act on them.
     """
 
-    def __init__(self, dataset, position_fn: Callable[[], tuple[int, int]] | None = None, **kwargs) -> None:
+    def __init__(self, dataset, position_fn: Callable[[], tuple[int, int]] | None = None,
+                 on_start: Callable[[], None] | None = None, **kwargs) -> None:
         super().__init__(dataset, batch_size=None, generator=torch.Generator(), **kwargs)
         self._position_fn = position_fn
+        self._on_start = on_start
         self._next_epoch = 0
 
     def __iter__(self) -> Iterator:
+        if self._on_start is not None:
+            self._on_start()
         if self._position_fn is not None:
             self.dataset.epoch, self.dataset.start_batch = self._position_fn()
         else:
@@ -159,12 +174,14 @@ class DepthDataModule(L.LightningDataModule):
         self.max_bad_fraction = max_bad_fraction
         self.shard_read_timeout = shard_read_timeout
         self.pin_memory = pin_memory
+        check_ranges("data", vars(self), DATA_RANGES)
         self.train_position = TrainPosition()
         self._resumed_settings: dict[str, Any] = {}
         """The checkpoint's `_stream_settings` (empty: not resumed, or a checkpoint without them)."""
         self.train_stream: TrainStream | None = None
         self.val_stream: ValStream | None = None
         self.test_stream: ValStream | None = None
+        self._evaluated = EvaluatedOnce()
 
     def _distribution(self) -> tuple[int, int]:
         """(rank, world size) of this process, from the trainer when attached."""
@@ -223,13 +240,15 @@ class DepthDataModule(L.LightningDataModule):
             return self.worker_start_method
         return "forkserver" if self._distribution()[1] > 1 else None
 
-    def _loader(self, stream, position_fn: Callable[[], tuple[int, int]] | None = None) -> EpochLoader:
+    def _loader(self, stream, position_fn: Callable[[], tuple[int, int]] | None = None,
+                on_start: Callable[[], None] | None = None) -> EpochLoader:
         workers = self.num_workers
         if workers > 0:
             stop_opencv_threads()
         return EpochLoader(
             stream,
             position_fn=position_fn,
+            on_start=on_start,
             num_workers=workers,
             worker_init_fn=functools.partial(init_worker, owner=os.getpid()) if workers > 0 else None,
             multiprocessing_context=worker_context(self._start_method()) if workers > 0 else None,
@@ -282,29 +301,36 @@ class DepthDataModule(L.LightningDataModule):
 
     def _stream_changes(self) -> list[str]:
         """How this run's stream settings and dataloader workers differ from the checkpoint's (empty: the
-        stream continues exactly)."""
+        stream continues exactly). A source added or removed since the checkpoint is such a change, not an
+        error: the weights, optimizer and schedules are those of the checkpoint whatever the data, so a run may
+        go on with more (or fewer) sets; only the position inside the epoch cannot be kept."""
         recorded = self.train_position.workers
         changes = setting_changes(self._resumed_settings, self._stream_settings())
         if recorded not in (0, max(1, self.num_workers)):
             changes.insert(0, f"data.num_workers {self.num_workers} (checkpoint: {recorded})")
+        sources = {len(counts) for counts in self.train_position.records.values()} - {len(self.train_sources)}
+        if sources and "data.train_sources" not in self._resumed_settings:  # a checkpoint without the settings
+            changes.append(f"{len(self.train_sources)} data.train_sources (checkpoint: {sources.pop()})")
         return changes
 
     def val_dataloader(self) -> EpochLoader | list:
-        """Every validation sample exactly once across ranks and workers (empty without val sources)."""
-        return self._loader(self.val_stream) if self.val_stream is not None else []
+        """Every validation sample exactly once across ranks and workers, a sample held twice by its shards
+        included (empty without val sources)."""
+        return self._loader(self.val_stream, on_start=self._evaluated.start) if self.val_stream is not None else []
 
     def test_dataloader(self) -> EpochLoader:
         """Every test sample exactly once across ranks and workers."""
         if self.test_stream is None:
             raise ValueError("the recipe has no data.test_sources")
-        return self._loader(self.test_stream)
+        return self._loader(self.test_stream, on_start=self._evaluated.start)
 
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        """Account each trained batch's raw records per worker (the stream position a resume needs)."""
+        """Account each trained batch's raw records per worker (the stream position a resume needs); in an
+        evaluation batch, samples this pass already scored become padding (data/repeats.py)."""
         if "records_read" in batch and self.trainer is not None and self.trainer.training:
             self.train_position.add(self.trainer.current_epoch, int(batch["worker"]), max(1, self.num_workers),
                                     batch["records_read"].tolist())
-        return batch
+        return self._evaluated.mark_repeats(batch) if "padding" in batch else batch
 
     def state_dict(self) -> dict[str, Any]:
         """Every rank's train-stream position (a collective: Lightning calls it on all ranks)."""
