@@ -12,7 +12,7 @@ import yaml
 
 from dp_train.cli import main
 from dp_train.data.schema import ShardWriter
-from dp_train.data.synth import render_scene, write_synthetic_shards
+from dp_train.synth import render_scene, write_synthetic_shards
 from dp_train.model import DepthProConfig, build_depth_pro, load_weights
 from tests.helpers.cli import launch
 

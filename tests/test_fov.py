@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from dp_train.cli import main
-from dp_train.data.synth import write_synthetic_shards
+from dp_train.synth import write_synthetic_shards
 from dp_train.losses import fov_objective
 from dp_train.model import read_state_dict, save_weights
 from dp_train.module import DepthProModule

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from PIL import Image
 
 from dp_train.cli import main
-from dp_train.data.synth import write_synthetic_shards
+from dp_train.synth import write_synthetic_shards
 from dp_train.model import DepthProConfig, build_depth_pro, save_weights
 
 TINY = {"preset": "tiny", "network": {"vit_img_size": 128, "decoder_features": 16,

@@ -12,7 +12,7 @@ from torch import nn
 
 from dp_train.cli import main
 from dp_train.data.datamodule import DepthDataModule
-from dp_train.data.synth import write_synthetic_shards
+from dp_train.synth import write_synthetic_shards
 from dp_train.module import DepthProModule
 from dp_train.schedules import build_schedule
 from tests.test_resume import STEPS, assert_same_states, final_state, kill_when, resume_recipe, start_fit, step_done

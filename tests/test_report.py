@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from dp_train.cli import main
-from dp_train.data.synth import write_synthetic_shards
+from dp_train.synth import write_synthetic_shards
 from dp_train.model.weights import save_weights
 from dp_train.module import build_network
 from dp_train.report import PLOTS

@@ -21,7 +21,7 @@ import yaml
 from dp_train.cli import main
 from dp_train.data.datamodule import DepthDataModule
 from dp_train.data.stream import SourceConfig
-from dp_train.data.synth import write_synthetic_shards
+from dp_train.synth import write_synthetic_shards
 from dp_train.resume import AtomicCheckpointIO, CheckpointError
 from tests.helpers.cli import child_env, dp_train_command
 

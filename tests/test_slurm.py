@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 
-from dp_train.data.synth import write_synthetic_shards
+from dp_train.synth import write_synthetic_shards
 from tests.helpers.cli import REPO, child_env
 from tests.helpers.slurm import (cluster_problem, command, job_fields, release_requeued, sbatch, wait_for_file,
                                  wait_for_job)

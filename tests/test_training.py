@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from dp_train.cli import main
-from dp_train.data.synth import write_synthetic_shards
+from dp_train.synth import write_synthetic_shards
 from dp_train.model import DepthProConfig, build_depth_pro, load_weights
 from dp_train.model.weights import save_weights
 

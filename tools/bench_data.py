@@ -49,7 +49,7 @@ from dp_train.data.augment import AugmentConfig
 from dp_train.data.datamodule import DepthDataModule
 from dp_train.data.schema import write_text_atomic
 from dp_train.data.stream import SourceConfig, sample_seed
-from dp_train.data.synth import write_synthetic_shards
+from dp_train.synth import write_synthetic_shards
 
 PREFIX = "bench"
 SEED = 0

@@ -29,7 +29,7 @@ import lightning as L
 import torch
 import yaml
 
-from dp_train.data.synth import write_synthetic_shards
+from dp_train.synth import write_synthetic_shards
 
 REPO = Path(__file__).resolve().parents[1]
 
