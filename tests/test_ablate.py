@@ -60,7 +60,7 @@ def test_3a_is_read_from_the_2a_runs():
 
 
 def test_curriculum_switch_moves_with_steps(tmp_path):
-    """2a.yaml switches at 60 of base.yaml's 120 steps: at --steps 4 it switches at step 2, and the run's
+    """2a.yaml switches at 50 of base.yaml's 100 steps: at --steps 4 it switches at step 2, and the run's
     checkpoint replaces the recipe's."""
     callbacks = ablate.scaled_callbacks(ablate.RECIPES / "2a.yaml", tmp_path, 4)
     checkpoint, curriculum = callbacks

@@ -26,6 +26,7 @@ import csv
 import json
 import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -52,10 +53,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, default=3, help="runs per condition, seeds 0 .. N-1 (default 3)")
-    p.add_argument("--steps", type=int, default=120, help="optimizer steps of every depth run (default 120)")
-    p.add_argument("--fov-steps", type=int, default=60, help="steps of every FOV-stage run (default 60)")
+    p.add_argument("--steps", type=int, default=100, help="optimizer steps of every depth run (default 100)")
+    p.add_argument("--fov-steps", type=int, default=50, help="steps of every FOV-stage run (default 50)")
     p.add_argument("--train", type=int, default=48, help="training scenes per look (default 48)")
-    p.add_argument("--val", type=int, default=16, help="held-out scenes per look (default 16)")
+    p.add_argument("--val", type=int, default=12, help="held-out scenes per look (default 12)")
     p.add_argument("--size", type=int, default=256, help="scene side in pixels (default 256; the input is 512)")
     p.add_argument("--init", type=Path, default=REPO / "weights" / "toy_start.safetensors",
                    help="start of every depth run (default weights/toy_start.safetensors)")
@@ -130,18 +131,35 @@ def run_recipe(run: Path, condition: Path, scenes: dict[str, Path], seed: int, s
 
 
 def fit(run: Path, condition: Path, last: Path) -> dict[str, float]:
-    """`python -m dp_train fit` with base, condition and run recipes; the final validation metrics."""
+    """`python -m dp_train fit` with base, condition and run recipes (output in the run's fit.log); the final
+    validation metrics. The child is killed when this tool is interrupted or terminated."""
     env = os.environ | {"PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
     command = [sys.executable, "-m", "dp_train", "fit", "--recipe", str(RECIPES / "base.yaml"),
                "--recipe", str(condition), "--recipe", str(last)]
-    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
-    (run / "fit.log").write_text(done.stdout + done.stderr)
-    if done.returncode != 0:
-        lines = done.stderr.strip().splitlines() or ["(no output)"]
-        raise RuntimeError(f"{run.name}: fit failed ({run / 'fit.log'}): {lines[-1]}")
+    log = run / "fit.log"
+    with open(log, "w") as out, subprocess.Popen(command, env=env, cwd=REPO, stdout=out, stderr=out) as child:
+        try:
+            code = child.wait()
+        except BaseException:
+            child.kill()
+            raise
+    if code != 0:
+        lines = log.read_text().strip().splitlines() or ["(no output)"]
+        raise RuntimeError(f"{run.name}: fit failed ({log}): {lines[-1]}")
     with open(sorted(run.glob("csv/version_*/metrics.csv"))[-1]) as fh:
         logged = [r for r in csv.DictReader(fh) if r.get("val/abs_rel")]
     return {k.removeprefix("val/"): float(v) for k, v in logged[-1].items() if k.startswith("val/") and v}
+
+
+def timed_fit(runs: Path, name: str, seed: int, steps: int, scenes: dict[str, Path], init: Path) -> dict[str, float]:
+    """One run of condition `name` (recipes/ablations/toy/<name>.yaml); its time on stderr and its metrics
+    appended to the runs folder's results.jsonl as it finishes (a cut-short table keeps what ran)."""
+    run, condition, started = runs / f"{name}-seed{seed}", RECIPES / f"{name.lower()}.yaml", time.monotonic()
+    metrics = fit(run, condition, run_recipe(run, condition, scenes, seed, steps, init))
+    with open(runs / "results.jsonl", "a") as fh:
+        fh.write(json.dumps({"condition": name, "seed": seed, "steps": steps, "metrics": metrics}) + "\n")
+    print(f"{name} seed {seed}: {steps} steps, {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+    return metrics
 
 
 def constant_fov(scenes: dict[str, Path]) -> dict[str, float]:
@@ -173,14 +191,13 @@ def scene_fovs(index: Path) -> list[float]:
 def run_all(args: argparse.Namespace, scenes: dict[str, Path]) -> dict[str, list[dict[str, float]]]:
     """Every condition for every seed, then each seed's FOV stage on its 2A network; metrics per condition."""
     runs = args.work_dir / time.strftime("runs-%Y%m%d-%H%M%S", time.gmtime())
+    runs.mkdir(parents=True)
     results: dict[str, list[dict[str, float]]] = {name: [] for name in (*DEPTH_CONDITIONS, "FOV head")}
     for seed in range(args.seeds):
         for name in DEPTH_CONDITIONS:
-            run, condition = runs / f"{name}-seed{seed}", RECIPES / f"{name.lower()}.yaml"
-            results[name].append(fit(run, condition, run_recipe(run, condition, scenes, seed, args.steps, args.init)))
+            results[name].append(timed_fit(runs, name, seed, args.steps, scenes, args.init))
         depth = runs / f"2A-seed{seed}" / "checkpoints" / "last.ckpt"
-        run, condition = runs / f"FOV-seed{seed}", RECIPES / "fov.yaml"
-        results["FOV head"].append(fit(run, condition, run_recipe(run, condition, scenes, seed, args.fov_steps, depth)))
+        results["FOV head"].append(timed_fit(runs, "FOV", seed, args.fov_steps, scenes, depth))
     results["constant FOV"] = [constant_fov(scenes)]
     return results
 
@@ -211,10 +228,12 @@ def main(argv: list[str] | None = None) -> int:
                           "options": {k: str(v) for k, v in vars(args).items()}}))
     else:
         print(f"{args.seeds} seeds; depth runs {args.steps} steps, FOV runs {args.fov_steps} steps; "
-              f"{args.train} training scenes per look, {args.val} held-out; wall {wall / 60:.1f} min\n")
+              f"{args.train} training scenes per look, {args.val} held-out; constant FOV "
+              f"{results['constant FOV'][0]['fov_deg']:.1f} deg (training median); wall {wall / 60:.1f} min\n")
         print(markdown(table))
     return 0
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds through `fit`, which kills its child
     sys.exit(main())
