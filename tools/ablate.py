@@ -35,7 +35,7 @@ from pathlib import Path
 
 import yaml
 
-from ablate_report import markdown, rows, as_json
+from ablate_report import as_json, markdown, rows
 from dp_train.data.schema import shard_urls
 from dp_train.data.stream import SourceHealth, raw_records
 from dp_train.synth import write_synthetic_shards
@@ -104,10 +104,15 @@ def scaled_callbacks(condition: Path, run: Path, steps: int) -> list[dict]:
     for callback in load(condition).get("trainer", {}).get("callbacks", []):
         if callback["class_path"].endswith("CurriculumCallback"):
             for stage in callback["init_args"]["stages"]:
-                stage["start_step"] = min(steps - 1, max(1, round(stage["start_step"] * steps / recipe_steps))) \
-                    if stage["start_step"] else 0
+                stage["start_step"] = scaled_step(stage["start_step"], steps, recipe_steps)
             callbacks.append(callback)
     return callbacks
+
+
+def scaled_step(start: int, steps: int, recipe_steps: int) -> int:
+    """A stage start written for `recipe_steps` moved to a run of `steps`: 0 stays 0, any later start stays
+    inside the run (step 1 .. steps - 1) so that every stage trains."""
+    return 0 if start == 0 else min(steps - 1, max(1, round(start * steps / recipe_steps)))
 
 
 def run_recipe(run: Path, condition: Path, scenes: dict[str, Path], seed: int, steps: int, init: Path) -> Path:
