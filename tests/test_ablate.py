@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -67,6 +68,17 @@ def test_curriculum_switch_moves_with_steps(tmp_path):
     assert checkpoint["init_args"]["dirpath"] == str(tmp_path / "checkpoints")
     assert [s["start_step"] for s in curriculum["init_args"]["stages"]] == [0, 2]
     assert len(ablate.scaled_callbacks(ablate.RECIPES / "1a.yaml", tmp_path, 4)) == 1
+
+
+def test_an_interrupted_invocation_keeps_the_seeds_whose_every_run_finished(tmp_path):
+    """--from-runs: seed 0 finished every run, seed 1 only 1A; the table is over seed 0 alone."""
+    entries = [{"condition": name, "seed": 0, "steps": 4, "metrics": {"synth_val/abs_rel": 0.1}}
+               for name in (*ablate.DEPTH_CONDITIONS, "FOV")]
+    entries.append({"condition": "1A", "seed": 1, "steps": 4, "metrics": {"synth_val/abs_rel": 0.9}})
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    results = ablate.finished_runs(tmp_path)
+    assert set(results) == {*ablate.DEPTH_CONDITIONS, "FOV head"}
+    assert all(runs == [{"synth_val/abs_rel": 0.1}] for runs in results.values())
 
 
 def test_a_missing_start_is_one_error_line(tmp_path, capsys):

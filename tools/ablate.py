@@ -63,6 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work-dir", type=Path, default=REPO / "runs" / "ablate",
                    help="scenes (reused) and one folder of runs per invocation (default runs/ablate)")
     p.add_argument("--json", action="store_true", help="print one JSON line instead of the Markdown table")
+    p.add_argument("--from-runs", type=Path, default=None, metavar="RUNS",
+                   help="train nothing: the table of a runs folder's results.jsonl (e.g. of an interrupted "
+                        "invocation), over the seeds whose every run finished")
     return p.parse_args(argv)
 
 
@@ -75,6 +78,9 @@ def check_args(args: argparse.Namespace) -> str | None:
         return "--steps must be >= 2 (2A and 3C switch stages half-way)"
     if args.size < 32:
         return f"--size must be >= 32, got {args.size}"
+    if args.from_runs is not None:
+        return None if (args.from_runs / "results.jsonl").is_file() else \
+            f"--from-runs {args.from_runs}: no results.jsonl (a runs-* folder of tools/ablate.py)"
     if not args.init.is_file():
         return f"--init {args.init}: no such file (the shipped start, or a .safetensors / .ckpt of the tiny network)"
     return None
@@ -203,7 +209,18 @@ def run_all(args: argparse.Namespace, scenes: dict[str, Path]) -> dict[str, list
             results[name].append(timed_fit(runs, name, seed, args.steps, scenes, args.init))
         depth = runs / f"2A-seed{seed}" / "checkpoints" / "last.ckpt"
         results["FOV head"].append(timed_fit(runs, "FOV", seed, args.fov_steps, scenes, depth))
-    results["constant FOV"] = [constant_fov(scenes)]
+    return results
+
+
+def finished_runs(runs: Path) -> dict[str, list[dict[str, float]]]:
+    """The metrics of a runs folder's results.jsonl, per condition, over the seeds whose every run finished."""
+    by_seed: dict[int, dict[str, dict[str, float]]] = {}
+    for line in (runs / "results.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        by_seed.setdefault(entry["seed"], {})[entry["condition"]] = entry["metrics"]
+    complete = [by_seed[s] for s in sorted(by_seed) if len(by_seed[s]) == len(DEPTH_CONDITIONS) + 1]
+    results = {name: [seed[name] for seed in complete] for name in DEPTH_CONDITIONS}
+    results["FOV head"] = [seed["FOV"] for seed in complete]
     return results
 
 
@@ -223,18 +240,20 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     scenes = make_scenes(args)
     try:
-        results = run_all(args, scenes)
+        results = finished_runs(args.from_runs) if args.from_runs else run_all(args, scenes)
     except RuntimeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    results["constant FOV"] = [constant_fov(scenes)]
     table, wall = rows(results), time.monotonic() - started
+    timing = f"runs of {args.from_runs}" if args.from_runs else f"wall {wall / 60:.1f} min"
     if args.json:
         print(json.dumps({"checks": as_json(table), "runs": results, "wall_s": round(wall, 1),
                           "options": {k: str(v) for k, v in vars(args).items()}}))
     else:
-        print(f"{args.seeds} seeds; depth runs {args.steps} steps, FOV runs {args.fov_steps} steps; "
+        print(f"{len(results['FOV head'])} seeds; depth runs {args.steps} steps, FOV runs {args.fov_steps} steps; "
               f"{args.train} training scenes per look, {args.val} held-out; constant FOV "
-              f"{results['constant FOV'][0]['fov_deg']:.1f} deg (training median); wall {wall / 60:.1f} min\n")
+              f"{results['constant FOV'][0]['fov_deg']:.1f} deg (training median); {timing}\n")
         print(markdown(table))
     return 0
 
