@@ -70,6 +70,15 @@ def test_curriculum_switch_moves_with_steps(tmp_path):
     assert len(ablate.scaled_callbacks(ablate.RECIPES / "1a.yaml", tmp_path, 4)) == 1
 
 
+def test_each_seed_reaches_the_data_stream(tmp_path):
+    """The seed must change the data order and augmentation (`data.seed`), not only `seed_everything`: from one
+    start, runs differing only in `seed_everything` are identical."""
+    scenes = {name: tmp_path / f"{name}.index.json" for name in ablate.SCENE_SEEDS}
+    path = ablate.run_recipe(tmp_path / "run", ablate.RECIPES / "1a.yaml", scenes, 7, 4, tmp_path / "start")
+    config = yaml.safe_load(path.read_text())
+    assert config["data"]["seed"] == 7 and config["seed_everything"] == 7
+
+
 def test_an_interrupted_invocation_keeps_the_seeds_whose_every_run_finished(tmp_path):
     """--from-runs: seed 0 finished every run, seed 1 only 1A; the table is over seed 0 alone."""
     entries = [{"condition": name, "seed": 0, "steps": 4, "metrics": {"synth_val/abs_rel": 0.1}}

@@ -12,7 +12,7 @@ Data: one procedural world (dp_train/synth/) rendered two ways: "synth" (exact) 
 depth sensor's noisy, holed depth, flagged real: trimmed MAE, no gradient loss). Training scenes use seeds
 6,000,000+ (synthetic) and 6,100,000+ (real-like); the held-out scenes are seeds 6,900,000+ in both looks, a range
 used by no training set of the project. Scenes are rendered once into the work dir and reused. Each condition runs
-once per seed (`seed_everything`: data order, augmentation); the table gives mean ± sd over seeds and the paired
+once per seed (`data.seed`: data order, mixture draws, augmentation; and `seed_everything`); the table gives mean ± sd over seeds and the paired
 difference per check (tools/ablate_report.py says when a direction counts as reproduced).
 
     python tools/ablate.py                         # the README's table (about 30 min on 2 cores)
@@ -131,7 +131,8 @@ def run_recipe(run: Path, condition: Path, scenes: dict[str, Path], seed: int, s
                                "init_args": {"save_dir": str(run), "name": "csv"}},
                     "callbacks": scaled_callbacks(condition, run, steps)},
         "model": {"init_from": str(init)},
-        "data": {"train_sources": [{"name": "synth", "urls": str(scenes["synth_train"])},
+        "data": {"seed": seed,  # shuffles, mixture draws and augmentation (seed_everything does not reach them)
+                 "train_sources": [{"name": "synth", "urls": str(scenes["synth_train"])},
                                    {"name": "real", "urls": str(scenes["real_train"])}],
                  "val_sources": [{"name": "synth_val", "urls": str(scenes["synth_val"])},
                                  {"name": "real_val", "urls": str(scenes["real_val"])}]},
