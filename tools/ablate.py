@@ -15,7 +15,7 @@ used by no training set of the project. Scenes are rendered once into the work d
 once per seed (`data.seed`: data order, mixture draws, augmentation; and `seed_everything`); the table gives mean ± sd over seeds and the paired
 difference per check (tools/ablate_report.py says when a direction counts as reproduced).
 
-    python tools/ablate.py                         # the README's table (about 30 min on 2 cores)
+    python tools/ablate.py                         # the README's table (about 15 min on 2 cores)
     python tools/ablate.py --steps 4 --fov-steps 2 --train 4 --val 2 --seeds 1     # a smoke run
 """
 
