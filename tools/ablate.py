@@ -1,17 +1,22 @@
-"""Toy-scale learning checks of the paper's claims, on procedurally generated scenes, on a CPU.
+"""The paper's ablation directions (Tab. 11-14) at toy scale, on a CPU, from the shipped toy start.
 
-(a) Stage 1 only vs. stage 1 -> stage 2 at equal total steps: the derivative losses of stage 2
-    (MAGE, MALE, MSGE) should raise the boundary F1 without costing AbsRel.
-(b) The FOV stage on scenes with random FOV (30-100 degrees): the share of validation images whose
-    focal length is within 25 % of the truth, against a constant-FOV baseline that predicts the
-    training set's median FOV for every image.
+Every condition is a recipe, recipes/ablations/toy/<condition>.yaml layered on recipes/ablations/toy/base.yaml,
+and every run is a real `python -m dp_train fit` of the tiny network from `--init` (weights/toy_start.safetensors):
 
-Every run is a real `python -m dp_train fit` of the tiny network (recipes/quickstart.yaml's
-settings, CSV logs); validation scenes have no sky, so every one has dense depth for boundary F1.
-Prints a Markdown table (or one JSON line with --json).
+  1A  stage 1, MAE only                         1C  stage 1 + SSI-MAGE on synthetic samples (the paper's)
+  2A  1C for half the steps, then stage 2 (MAE + MSE + MAGE + MALE + MSGE) on synthetic data; = 3A
+  3C  reversed: stage 2's data and objective first, then stage 1's
+  FOV the FOV stage on each seed's 2A network (depth frozen)   vs   a constant FOV, the training median
 
-    python tools/ablate.py                                  # the README's table (about 15 min on 2 cores)
-    python tools/ablate.py --steps 40 --fov-steps 20 --train 16 --val 4    # a smoke run
+Data: one procedural world (dp_train/synth/) rendered two ways: "synth" (exact) and "real" (camera effects and a
+depth sensor's noisy, holed depth, flagged real: trimmed MAE, no gradient loss). Training scenes use seeds
+6,000,000+ (synthetic) and 6,100,000+ (real-like); the held-out scenes are seeds 6,900,000+ in both looks, a range
+used by no training set of the project. Scenes are rendered once into the work dir and reused. Each condition runs
+once per seed (`data.seed`: data order, mixture draws, augmentation; and `seed_everything`); the table gives mean ± sd over seeds and the paired
+difference per check (tools/ablate_report.py says when a direction counts as reproduced).
+
+    python tools/ablate.py                         # the README's table (about 15 min on 2 cores)
+    python tools/ablate.py --steps 4 --fov-steps 2 --train 4 --val 2 --seeds 1     # a smoke run
 """
 
 from __future__ import annotations
@@ -21,154 +26,239 @@ import csv
 import json
 import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
-import tempfile
+import time
 from pathlib import Path
 
 import yaml
 
-from dp_train.data.schema import SampleMeta, decode_sample, shard_urls
+from ablate_report import as_json, markdown, rows
+from dp_train.data.schema import shard_urls
 from dp_train.data.stream import SourceHealth, raw_records
-from dp_train.data.synth import write_synthetic_shards
+from dp_train.synth import write_synthetic_shards
 
 REPO = Path(__file__).resolve().parents[1]
-QUICKSTART = REPO / "recipes" / "quickstart.yaml"
+RECIPES = REPO / "recipes" / "ablations" / "toy"
+DEPTH_CONDITIONS = ("1A", "1C", "2A", "3C")
+LOOKS = {"synth": "synthetic", "real": "real"}
+"""Scene-set name prefix -> the look it is rendered with (dp_train.synth.LOOKS)."""
+SCENE_SEEDS = {"synth_train": 6_000_000, "real_train": 6_100_000, "synth_val": 6_900_000, "real_val": 6_900_000}
+"""First scene seed of each set; both held-out sets are the same scenes in the two looks."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line options of the learning checks."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=600, help="total depth-training steps of each run in (a)")
-    parser.add_argument("--switch", type=float, default=0.5, help="share of (a)'s steps spent in stage 1")
-    parser.add_argument("--fov-steps", type=int, default=300, help="FOV-stage steps in (b)")
-    parser.add_argument("--train", type=int, default=96, help="synthetic training scenes")
-    parser.add_argument("--val", type=int, default=16, help="synthetic validation scenes (no sky)")
-    parser.add_argument("--size", type=int, default=256, help="scene side in pixels")
-    parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "dp_train_ablate")
-    parser.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
-    return parser.parse_args(argv)
+    """Command-line options."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, default=3, help="runs per condition, seeds 0 .. N-1 (default 3)")
+    p.add_argument("--steps", type=int, default=100, help="optimizer steps of every depth run (default 100)")
+    p.add_argument("--fov-steps", type=int, default=50, help="steps of every FOV-stage run (default 50)")
+    p.add_argument("--train", type=int, default=48, help="training scenes per look (default 48)")
+    p.add_argument("--val", type=int, default=12, help="held-out scenes per look (default 12)")
+    p.add_argument("--size", type=int, default=256, help="scene side in pixels (default 256; the input is 512)")
+    p.add_argument("--init", type=Path, default=REPO / "weights" / "toy_start.safetensors",
+                   help="start of every depth run (default weights/toy_start.safetensors)")
+    p.add_argument("--work-dir", type=Path, default=REPO / "runs" / "ablate",
+                   help="scenes (reused) and one folder of runs per invocation (default runs/ablate)")
+    p.add_argument("--json", action="store_true", help="print one JSON line instead of the Markdown table")
+    p.add_argument("--from-runs", type=Path, default=None, metavar="RUNS",
+                   help="train nothing: the table of a runs folder's results.jsonl (e.g. of an interrupted "
+                        "invocation), over the seeds whose every run finished")
+    return p.parse_args(argv)
+
+
+def check_args(args: argparse.Namespace) -> str | None:
+    """The first bad option as an error message, or None."""
+    for name in ("seeds", "steps", "fov_steps", "train", "val"):
+        if getattr(args, name) < 1:
+            return f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}"
+    if args.steps < 2:
+        return "--steps must be >= 2 (2A and 3C switch stages half-way)"
+    if args.size < 32:
+        return f"--size must be >= 32, got {args.size}"
+    if args.from_runs is not None:
+        return None if (args.from_runs / "results.jsonl").is_file() else \
+            f"--from-runs {args.from_runs}: no results.jsonl (a runs-* folder of tools/ablate.py)"
+    if not args.init.is_file():
+        return f"--init {args.init}: no such file (the shipped start, or a .safetensors / .ckpt of the tiny network)"
+    return None
 
 
 def make_scenes(args: argparse.Namespace) -> dict[str, Path]:
-    """Train scenes (sky as rendered) and sky-free validation scenes, written once into the work dir."""
-    root, size = args.work_dir / f"scenes{args.size}_{args.train}_{args.val}", (args.size, args.size)
-    train, val = root / "train" / "train.index.json", root / "val" / "val.index.json"
-    if not train.is_file():
-        write_synthetic_shards(train.parent, "train", args.train, size=size, seed=10_000, progress=False)
-    if not val.is_file():
-        write_synthetic_shards(val.parent, "val", args.val, size=size, seed=20_000, sky_prob=0.0, progress=False)
-    return {"train": train, "val": val}
+    """Training and held-out scenes of both looks, rendered once into the work dir (index files)."""
+    root = args.work_dir / "scenes" / f"{args.size}px-{args.train}-{args.val}"
+    scenes = {}
+    for name, first in SCENE_SEEDS.items():
+        index = root / name / f"{name}.index.json"
+        if not index.is_file():
+            count = args.train if name.endswith("train") else args.val
+            write_synthetic_shards(index.parent, name, count, (args.size, args.size), first, progress=False,
+                                   look=LOOKS[name.split("_")[0]])
+        scenes[name] = index
+    return scenes
 
 
-def stages(args: argparse.Namespace, with_stage2: bool) -> list[dict]:
-    """Curriculum of an (a) run: stage 1 throughout, or stage 2 after `switch` of the steps."""
-    first = {"name": "stage1", "start_step": 0, "loss": {"mae": 1.0}}
-    if not with_stage2:
-        return [first]
-    switch = max(1, round(args.steps * args.switch))
-    return [first, {"name": "stage2", "start_step": switch, "loss": {"mae": 1.0, "mage": 1.0, "male": 1.0,
-                                                                       "msge": 1.0}}]
+def scaled_callbacks(condition: Path, run: Path, steps: int) -> list[dict]:
+    """The run's checkpoint and the condition's curriculum with every `start_step` moved to `steps`
+    (its share of the recipe's `trainer.max_steps` kept)."""
+    recipe_steps = load(RECIPES / "base.yaml")["trainer"]["max_steps"]
+    callbacks = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                  "init_args": {"dirpath": str(run / "checkpoints"), "save_last": True, "save_top_k": 0,
+                                "every_n_train_steps": steps}}]
+    for callback in load(condition).get("trainer", {}).get("callbacks", []):
+        if callback["class_path"].endswith("CurriculumCallback"):
+            for stage in callback["init_args"]["stages"]:
+                stage["start_step"] = scaled_step(stage["start_step"], steps, recipe_steps)
+            callbacks.append(callback)
+    return callbacks
 
 
-def recipe(run: Path, scenes: dict[str, Path], steps: int, callbacks: list[dict], model: dict) -> Path:
-    """Quick-start settings on the ablation's scenes, validating once at the end, logging to CSV."""
-    run.mkdir(parents=True, exist_ok=True)
+def scaled_step(start: int, steps: int, recipe_steps: int) -> int:
+    """A stage start written for `recipe_steps` moved to a run of `steps`: 0 stays 0, any later start stays
+    inside the run (step 1 .. steps - 1) so that every stage trains."""
+    return 0 if start == 0 else min(steps - 1, max(1, round(start * steps / recipe_steps)))
+
+
+def run_recipe(run: Path, condition: Path, scenes: dict[str, Path], seed: int, steps: int, init: Path) -> Path:
+    """The last recipe of a run: its seed, length, data, start, logger and checkpoint."""
+    run.mkdir(parents=True)
     config = {
-        "report_validation": False,
-        "trainer": {"max_steps": steps, "val_check_interval": steps, "log_every_n_steps": 10,
-                    "enable_progress_bar": False, "default_root_dir": str(run),
-                    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(run)}},
-                    "callbacks": callbacks + [
-                        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                         "init_args": {"dirpath": str(run / "ckpt"), "save_last": True, "save_top_k": 0,
-                                       "every_n_train_steps": steps}}]},
-        "model": {"log_images_every_n_val_steps": 0} | model,
-        "data": {"train_sources": [{"name": "synth", "urls": str(scenes["train"])}],
-                 "val_sources": [{"name": "synth_val", "urls": str(scenes["val"])}],
-                 "samples_per_epoch": 10_000},
+        "seed_everything": seed,
+        "trainer": {"max_steps": steps, "val_check_interval": steps, "default_root_dir": str(run),
+                    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                               "init_args": {"save_dir": str(run), "name": "csv"}},
+                    "callbacks": scaled_callbacks(condition, run, steps)},
+        "model": {"init_from": str(init)},
+        "data": {"seed": seed,  # shuffles, mixture draws and augmentation (seed_everything does not reach them)
+                 "train_sources": [{"name": "synth", "urls": str(scenes["synth_train"])},
+                                   {"name": "real", "urls": str(scenes["real_train"])}],
+                 "val_sources": [{"name": "synth_val", "urls": str(scenes["synth_val"])},
+                                 {"name": "real_val", "urls": str(scenes["real_val"])}]},
     }
-    path = run / "recipe.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = run / "run.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
 
-def fit(run: Path, recipe_path: Path) -> dict[str, float]:
-    """Run `fit` (quick-start recipe + `recipe_path`); the final validation metrics."""
+def fit(run: Path, condition: Path, last: Path) -> dict[str, float]:
+    """`python -m dp_train fit` with base, condition and run recipes (output in the run's fit.log); the final
+    validation metrics. The child is killed when this tool is interrupted or terminated."""
     env = os.environ | {"PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
-    command = [sys.executable, "-m", "dp_train", "fit", "--recipe", str(QUICKSTART), "--recipe", str(recipe_path)]
-    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{run.name}: fit failed: {done.stderr.strip().splitlines()[-1:]}")
-    with open(sorted(run.glob("version_*/metrics.csv"))[-1]) as fh:
-        rows = [r for r in csv.DictReader(fh) if r.get("val/abs_rel")]
-    return {k.removeprefix("val/"): float(v) for k, v in rows[-1].items() if k.startswith("val/") and v}
+    command = [sys.executable, "-m", "dp_train", "fit", "--recipe", str(RECIPES / "base.yaml"),
+               "--recipe", str(condition), "--recipe", str(last)]
+    log = run / "fit.log"
+    with open(log, "w") as out, subprocess.Popen(command, env=env, cwd=REPO, stdout=out, stderr=out) as child:
+        try:
+            code = child.wait()
+        except BaseException:
+            child.kill()
+            raise
+    if code != 0:
+        lines = log.read_text().strip().splitlines() or ["(no output)"]
+        raise RuntimeError(f"{run.name}: fit failed ({log}): {lines[-1]}")
+    with open(sorted(run.glob("csv/version_*/metrics.csv"))[-1]) as fh:
+        logged = [r for r in csv.DictReader(fh) if r.get("val/abs_rel")]
+    return {k.removeprefix("val/"): float(v) for k, v in logged[-1].items() if k.startswith("val/") and v}
 
 
-def depth_runs(args: argparse.Namespace, scenes: dict[str, Path]) -> dict[str, dict[str, float]]:
-    """(a): the same seed, steps and data; stage 1 only vs. stage 1 -> stage 2."""
-    results = {}
-    for label, with_stage2 in (("stage 1 only", False), ("stage 1 -> stage 2", True)):
-        run = args.work_dir / ("curriculum" if with_stage2 else "stage1_only")
-        callbacks = [{"class_path": "dp_train.curriculum.CurriculumCallback",
-                      "init_args": {"stages": stages(args, with_stage2)}}]
-        results[label] = fit(run, recipe(run, scenes, args.steps, callbacks, {}))
+def timed_fit(runs: Path, name: str, seed: int, steps: int, scenes: dict[str, Path], init: Path) -> dict[str, float]:
+    """One run of condition `name` (recipes/ablations/toy/<name>.yaml); its time on stderr and its metrics
+    appended to the runs folder's results.jsonl as it finishes (a cut-short table keeps what ran)."""
+    run, condition, started = runs / f"{name}-seed{seed}", RECIPES / f"{name.lower()}.yaml", time.monotonic()
+    metrics = fit(run, condition, run_recipe(run, condition, scenes, seed, steps, init))
+    with open(runs / "results.jsonl", "a") as fh:
+        fh.write(json.dumps({"condition": name, "seed": seed, "steps": steps, "metrics": metrics}) + "\n")
+    print(f"{name} seed {seed}: {steps} steps, {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+    return metrics
+
+
+def constant_fov(scenes: dict[str, Path]) -> dict[str, float]:
+    """The constant predictor's metrics: every held-out image gets the training scenes' median FOV."""
+    guess = statistics.median([*scene_fovs(scenes["synth_train"]), *scene_fovs(scenes["real_train"])])
+    out = {"fov_deg": guess}
+    for name in ("synth_val", "real_val"):
+        errors = [abs(focal(guess) - focal(fov)) / focal(fov) for fov in scene_fovs(scenes[name])]
+        out[f"{name}/share_below_25"] = sum(e < 0.25 for e in errors) / len(errors)
+        out[f"{name}/median_rel_error"] = statistics.median(errors)
+    return out
+
+
+def focal(fov_deg: float) -> float:
+    """Focal length per unit image width of a horizontal FOV in degrees."""
+    return 0.5 / math.tan(math.radians(fov_deg) / 2)
+
+
+def scene_fovs(index: Path) -> list[float]:
+    """Horizontal FOV (degrees) of every scene of a shard set."""
+    health = SourceHealth(index.name, max_bad_fraction=0.0, min_records=1)
+    fovs = []
+    for raw in raw_records(shard_urls(index), 1, 0, health):
+        meta = json.loads(raw["json"])
+        fovs.append(math.degrees(2 * math.atan(0.5 * meta["width"] / meta["f_px"])))
+    return fovs
+
+
+def run_all(args: argparse.Namespace, scenes: dict[str, Path]) -> dict[str, list[dict[str, float]]]:
+    """Every condition for every seed, then each seed's FOV stage on its 2A network; metrics per condition."""
+    runs = args.work_dir / time.strftime("runs-%Y%m%d-%H%M%S", time.gmtime())
+    runs.mkdir(parents=True)
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in (*DEPTH_CONDITIONS, "FOV head")}
+    for seed in range(args.seeds):
+        for name in DEPTH_CONDITIONS:
+            results[name].append(timed_fit(runs, name, seed, args.steps, scenes, args.init))
+        depth = runs / f"2A-seed{seed}" / "checkpoints" / "last.ckpt"
+        results["FOV head"].append(timed_fit(runs, "FOV", seed, args.fov_steps, scenes, depth))
     return results
 
 
-def fov_run(args: argparse.Namespace, scenes: dict[str, Path]) -> dict[str, float]:
-    """(b): the FOV stage on top of (a)'s curriculum run (depth network frozen)."""
-    depth = args.work_dir / "curriculum" / "ckpt" / "last.ckpt"
-    run = args.work_dir / "fov_stage"
-    model = {"mode": "fov", "init_from": str(depth), "lr_encoder": 1e-3, "lr_decoder": 1e-3, "boundary_metrics": False}
-    return fit(run, recipe(run, scenes, args.fov_steps, [], model))
+def finished_runs(runs: Path) -> dict[str, list[dict[str, float]]]:
+    """The metrics of a runs folder's results.jsonl, per condition, over the seeds whose every run finished."""
+    by_seed: dict[int, dict[str, dict[str, float]]] = {}
+    for line in (runs / "results.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        by_seed.setdefault(entry["seed"], {})[entry["condition"]] = entry["metrics"]
+    complete = [by_seed[s] for s in sorted(by_seed) if len(by_seed[s]) == len(DEPTH_CONDITIONS) + 1]
+    results = {name: [seed[name] for seed in complete] for name in DEPTH_CONDITIONS}
+    results["FOV head"] = [seed["FOV"] for seed in complete]
+    return results
 
 
-def constant_fov_share(scenes: dict[str, Path]) -> tuple[float, float]:
-    """(median training FOV in degrees, share of val images within 25 % focal error when it is predicted)."""
-    train, val = (list(scene_fovs(scenes[split])) for split in ("train", "val"))
-    guess = statistics.median(train)
-    errors = [abs(1 / math.tan(math.radians(guess) / 2) - 1 / math.tan(math.radians(fov) / 2))
-              / (1 / math.tan(math.radians(fov) / 2)) for fov in val]
-    return guess, sum(e < 0.25 for e in errors) / len(errors)
+def load(path: Path) -> dict:
+    """A YAML file as a dict."""
+    with open(path, encoding="utf-8") as fh:
+        return yaml.safe_load(fh) or {}
 
 
-def scene_fovs(index: Path):
-    """Horizontal FOV (degrees) of every scene of a shard set."""
-    health = SourceHealth(index.name, max_bad_fraction=0.0, min_records=1)
-    for raw in raw_records(shard_urls(index), 1, 0, health):
-        meta: SampleMeta = decode_sample(raw).meta
-        yield math.degrees(2 * math.atan(0.5 * json.loads(raw["json"])["width"] / meta.f_px))
-
-
-def print_table(depth: dict[str, dict[str, float]], fov: dict[str, float], constant: tuple[float, float],
-                args: argparse.Namespace) -> None:
-    """The two checks as Markdown tables."""
-    print(f"(a) {args.steps} steps each, stage 2 from step {round(args.steps * args.switch)}, "
-          f"{args.train} train / {args.val} val scenes\n")
-    print("| run | AbsRel | delta1 | boundary F1 |\n|---|---:|---:|---:|")
-    for label, m in depth.items():
-        print(f"| {label} | {m['abs_rel']:.3f} | {m['delta1']:.3f} | {m.get('boundary_f1', float('nan')):.4f} |")
-    print(f"\n(b) FOV stage, {args.fov_steps} steps, depth network frozen\n")
-    print("| predictor | share within 25 % focal error | median relative focal error |\n|---|---:|---:|")
-    print(f"| FOV head | {fov['share_below_25']:.3f} | {fov['median_rel_error']:.3f} |")
-    print(f"| constant FOV ({constant[0]:.1f} deg, training median) | {constant[1]:.3f} | |")
-
-
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Render (or reuse) the scenes, run every condition and seed, print the table; returns the exit code."""
     args = parse_args(argv)
-    args.work_dir.mkdir(parents=True, exist_ok=True)
+    problem = check_args(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    started = time.monotonic()
     scenes = make_scenes(args)
-    depth = depth_runs(args, scenes)
-    fov = fov_run(args, scenes)
-    constant = constant_fov_share(scenes)
+    try:
+        results = finished_runs(args.from_runs) if args.from_runs else run_all(args, scenes)
+    except RuntimeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    results["constant FOV"] = [constant_fov(scenes)]
+    table, wall = rows(results), time.monotonic() - started
+    timing = f"runs of {args.from_runs}" if args.from_runs else f"wall {wall / 60:.1f} min"
     if args.json:
-        print(json.dumps({"depth": depth, "fov": fov, "constant_fov_deg": constant[0],
-                          "constant_share_below_25": constant[1], "args": {k: str(v) for k, v in vars(args).items()}}))
+        print(json.dumps({"checks": as_json(table), "runs": results, "wall_s": round(wall, 1),
+                          "options": {k: str(v) for k, v in vars(args).items()}}))
     else:
-        print_table(depth, fov, constant, args)
+        print(f"{len(results['FOV head'])} seeds; depth runs {args.steps} steps, FOV runs {args.fov_steps} steps; "
+              f"{args.train} training scenes per look, {args.val} held-out; constant FOV "
+              f"{results['constant FOV'][0]['fov_deg']:.1f} deg (training median); {timing}\n")
+        print(markdown(table))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds through `fit`, which kills its child
+    sys.exit(main())

@@ -10,7 +10,8 @@ and different `--seed` ranges give disjoint sets. Example (the shipped sample se
         --depth-format png16
 
 `--examples DIR` also saves the first `--num-examples` scenes as PNG panels
-(image | colour-mapped inverse depth). The world is the package dp_train/synth/.
+(image | colour-mapped inverse depth). The world is the package dp_train/synth/; `--look real` renders
+it through a camera and a depth sensor (samples flagged real, for the curriculum check of tools/ablate.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dp_train.synth import DEFAULT_SIZE, save_examples, write_synthetic_shards
+from dp_train.synth import DEFAULT_SIZE, LOOKS, save_examples, write_synthetic_shards
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -45,6 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--samples-per-shard", type=int, default=1000)
     p.add_argument("--sky-prob", type=float, default=None,
                    help="chance of an open-sky scene (default: the renderer's own, 0.6)")
+    p.add_argument("--look", default="synthetic", choices=LOOKS,
+                   help="synthetic: the renderer's exact output; real: camera effects and a depth sensor's "
+                        "noisy, holed depth, samples flagged real (dp_train/synth/sensor.py)")
     p.add_argument("--depth-format", default="npy16", choices=["npy16", "npy32", "png16"])
     p.add_argument("--image-format", default="jpg", choices=["jpg", "png"])
     p.add_argument("--examples", type=Path, default=None, help="also save example panels here")
@@ -69,11 +73,12 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --sky-prob must lie in [0, 1]", file=sys.stderr)
         return 2
     path = write_synthetic_shards(args.out, args.prefix, args.count, args.size, args.seed, args.samples_per_shard,
-                                  args.sky_prob, args.depth_format, args.image_format, progress=not args.quiet)
+                                  args.sky_prob, args.depth_format, args.image_format, progress=not args.quiet,
+                                  look=args.look)
     print(f"wrote {args.count} scenes: {path}")
     if args.examples is not None:
         paths = save_examples(args.examples, min(args.num_examples, args.count), args.size, args.seed,
-                              args.sky_prob, args.examples_name)
+                              args.sky_prob, args.examples_name, args.look)
         print(f"wrote {len(paths)} example panels to {args.examples}")
     return 0
 

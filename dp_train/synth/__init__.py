@@ -18,6 +18,9 @@ analytically (numpy, all pixels at once), so depth is exact and the focal length
   haze, sky gradient with clouds, mild sensor noise.
 * Depth: float32 z-depth along the optical axis in metres (not ray length); sky and anything
   beyond ``FAR_M`` is invalid (0).
+* Looks (``world.LOOKS``): ``"synthetic"`` is the renderer's own output; ``"real"`` takes it through a
+  camera and a depth sensor (``sensor``: exposure, blur, noise, JPEG; range-limited, noisy, holed depth)
+  and flags the sample real - the two kinds of data of the paper's curriculum, from one world.
 * Alpha: 1 on one foreground object group (a tree, a fence, a pole line, the nearest object ...),
   0 elsewhere - a hard matte for boundary recall.
 
@@ -31,6 +34,7 @@ from dp_train.synth.scene import Material, Scene, ground_scene
 from dp_train.synth.world import (
     DEFAULT_SIZE,
     FOV_RANGE_DEG,
+    LOOKS,
     SKY_PROB,
     example_panel,
     make_scene,
@@ -40,7 +44,7 @@ from dp_train.synth.world import (
 )
 
 __all__ = [
-    "DEFAULT_SIZE", "FAR_M", "FOV_RANGE_DEG", "SKY_PROB", "Box", "Camera", "Cylinder", "Disc", "Material", "Plane",
+    "DEFAULT_SIZE", "FAR_M", "FOV_RANGE_DEG", "LOOKS", "SKY_PROB", "Box", "Camera", "Cylinder", "Disc", "Material", "Plane",
     "Render", "Scene", "Sphere", "example_panel", "ground_scene", "make_scene", "render", "render_scene",
     "save_examples", "write_synthetic_shards",
 ]

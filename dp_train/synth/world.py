@@ -15,11 +15,15 @@ from dp_train.synth.objects import ObjectBuilder
 from dp_train.synth.priors import camera_height
 from dp_train.synth.render import render
 from dp_train.synth.scene import Scene
+from dp_train.synth.sensor import real_look
 
 DEFAULT_SIZE: tuple[int, int] = (256, 256)
 FOV_RANGE_DEG: tuple[float, float] = (30.0, 100.0)
 SKY_PROB = 0.6
 """Chance of an open-sky outdoor scene when ``sky=None``."""
+LOOKS = ("synthetic", "real")
+"""How a scene is rendered: the renderer's own (exact, synthetic) or through a real camera and depth sensor
+(``sensor.real_look``: samples flagged real)."""
 
 CONTENT: dict[str, dict[str, tuple[int, int]]] = {
     "indoor": {"box": (1, 4), "sphere": (0, 2), "lamp": (1, 3), "bush": (0, 2), "fence": (0, 1), "table": (0, 3),
@@ -81,13 +85,18 @@ def make_scene(seed: int, size: tuple[int, int] = DEFAULT_SIZE, sky: bool | None
     return scene
 
 
-def render_scene(seed: int, size: tuple[int, int] = DEFAULT_SIZE, sky: bool | None = None) -> Sample:
-    """Render the scene of ``seed`` at ``size`` = (H, W) as a metric, synthetic Sample (with alpha)."""
+def render_scene(seed: int, size: tuple[int, int] = DEFAULT_SIZE, sky: bool | None = None,
+                 look: str = "synthetic") -> Sample:
+    """Render the scene of ``seed`` at ``size`` = (H, W) as a metric Sample: synthetic (with alpha), or with
+    ``look="real"`` through ``sensor.real_look`` (camera effects, sensor depth, flagged real)."""
+    if look not in LOOKS:
+        raise ValueError(f"look must be one of {LOOKS}, got {look!r}")
     scene = make_scene(seed, size, sky)
     out = render(scene)
     meta = SampleMeta(dataset="synth", f_px=float(scene.camera.f_px), metric=True, synthetic=True)
-    return Sample(key=f"synth-{int(seed):010d}", image=out.image, depth=out.depth, valid=out.depth > 0,
-                  meta=meta, alpha=out.alpha)
+    sample = Sample(key=f"synth-{int(seed):010d}", image=out.image, depth=out.depth, valid=out.depth > 0,
+                    meta=meta, alpha=out.alpha)
+    return real_look(sample, seed) if look == "real" else sample
 
 
 # --------------------------------------------------------------------------- shards and examples
@@ -102,10 +111,12 @@ def _scene_sky(scene_seed: int, sky_prob: float | None) -> bool | None:
 
 def write_synthetic_shards(out_dir: str | Path, prefix: str, count: int, size: tuple[int, int] = DEFAULT_SIZE,
                            seed: int = 0, samples_per_shard: int = 1000, sky_prob: float | None = None,
-                           depth_format: str = "npy16", image_format: str = "jpg", progress: bool = True) -> Path:
+                           depth_format: str = "npy16", image_format: str = "jpg", progress: bool = True,
+                           look: str = "synthetic") -> Path:
     """Render scenes ``seed .. seed + count - 1`` into WebDataset shards; returns the index file path.
 
     ``sky_prob``: chance of an open-sky scene (None: the renderer's own ``SKY_PROB`` draw).
+    ``look``: one of ``LOOKS`` (``"real"``: camera and depth-sensor effects, samples flagged real).
     ``depth_format`` / ``image_format`` are passed to ``ShardWriter`` ("png16" depth keeps shards small).
     """
     from tqdm import tqdm
@@ -115,7 +126,7 @@ def write_synthetic_shards(out_dir: str | Path, prefix: str, count: int, size: t
     with ShardWriter(out_dir, prefix, max_samples=samples_per_shard, depth_format=depth_format,
                      image_format=image_format) as writer:
         for i in tqdm(range(count), desc=f"synth {prefix}", unit="scene", disable=not progress):
-            writer.write(render_scene(seed + i, size, _scene_sky(seed + i, sky_prob)))
+            writer.write(render_scene(seed + i, size, _scene_sky(seed + i, sky_prob), look))
     return out_dir / f"{prefix}.index.json"
 
 
@@ -127,8 +138,8 @@ def example_panel(sample: Sample) -> np.ndarray:
 
 
 def save_examples(out_dir: str | Path, count: int, size: tuple[int, int] = DEFAULT_SIZE, seed: int = 0,
-                  sky_prob: float | None = None, name: str = "synth") -> list[Path]:
-    """Save the first ``count`` scenes as PNG panels ``{name}_{i}.png``; returns their paths."""
+                  sky_prob: float | None = None, name: str = "synth", look: str = "synthetic") -> list[Path]:
+    """Save the first ``count`` scenes (rendered with ``look``) as PNG panels ``{name}_{i}.png``; returns their paths."""
     from PIL import Image
 
     out_dir = Path(out_dir)
@@ -136,7 +147,7 @@ def save_examples(out_dir: str | Path, count: int, size: tuple[int, int] = DEFAU
     paths = []
     for i in range(count):
         path = out_dir / f"{name}_{i}.png"
-        panel = example_panel(render_scene(seed + i, size, _scene_sky(seed + i, sky_prob)))
+        panel = example_panel(render_scene(seed + i, size, _scene_sky(seed + i, sky_prob), look))
         Image.fromarray(panel).save(path, optimize=True)
         paths.append(path)
     return paths
