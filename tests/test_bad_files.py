@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dp_train.data.convert import ConvertError, main as make_shards, read_focal_file
+from dp_train.convert.make_shards import ConvertError, main as make_shards, read_focal_file
 from dp_train.data.schema import encode_sample
 from dp_train.data.stream import SourceConfig
 from tests.test_datamodule import datamodule, plane_sample, raw_tar

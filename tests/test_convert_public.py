@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from dp_train.data import formats
-from dp_train.data.convert import ConvertError
+from dp_train.convert import formats
+from dp_train.convert.make_shards import ConvertError
 from dp_train.data.schema import Sample, decode_sample, shard_urls
 
 h5py = pytest.importorskip("h5py")

@@ -13,8 +13,8 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from dp_train.data.convert import main, read_pfm
-from dp_train.data.exif import (
+from dp_train.convert.make_shards import main, read_pfm
+from dp_train.convert.exif import (
     EXIF_IFD,
     FOCAL_35MM,
     FOCAL_LENGTH,

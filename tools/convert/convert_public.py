@@ -6,7 +6,7 @@ Example:
         --out shards/middlebury --workers 8
 
 Formats, their on-disk layouts and what each stores: tools/convert/README.md. The readers
-live in dp_train/data/formats.py; shards, report and skip list are those of make_shards
+live in dp_train/convert/formats.py; shards, report and skip list are those of make_shards
 (shards/README.md). Exit code 0 (ok), 1 (every sample skipped) or 2 (bad arguments or inputs).
 """
 
@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from dp_train.data import benchmarks, formats, nuscenes
-from dp_train.data.convert import ConvertError, run_reporting_errors
+from dp_train.convert import benchmarks, formats, nuscenes
+from dp_train.convert.make_shards import ConvertError, run_reporting_errors
 from dp_train.data.schema import DEPTH_FORMATS, IMAGE_FORMATS
 
 Finder = Callable[[argparse.Namespace, Path], tuple[list[formats.Item], formats.Skipped]]

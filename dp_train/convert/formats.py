@@ -5,7 +5,7 @@ main process; a problem with a whole group, such as a bad calibration file, skip
 samples with a reason) as Items whose `load` is a `load_<format>` call reading one sample in a
 worker process, raising SkipSample with the file's name on bad input. `write_shards` converts
 the items in parallel and writes shards, the skip list and the report exactly like make_shards
-(dp_train/data/convert.py, whose readers, report, driver pieces and error types are reused).
+(dp_train/convert/make_shards.py, whose readers, report, driver pieces and error types are reused).
 
 Depth is stored in metres for every depth format here. Matting / boundary sets (DIS5K and
 friends) have no depth: their samples store an all-zero depth map, i.e. every pixel invalid
@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from dp_train.data.convert import (
+from dp_train.convert.make_shards import (
     IMAGE_EXTS,
     N_BINS,
     ConvertError,

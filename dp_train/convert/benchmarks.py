@@ -1,8 +1,8 @@
 """Readers for the paper's benchmarks that formats.py lacks: Booster, Sun-RGBD, Spring, focal-length photo
 folders (DDDP, FiveK, PPR10K, RAISE, SPAQ, ZOOM) and a sample exclusion list (DIS-5k); nuScenes is in
-dp_train/data/nuscenes.py.
+dp_train/convert/nuscenes.py.
 
-Same contract as dp_train/data/formats.py: a `find_<format>` lists Items (reading nothing heavy), whose
+Same contract as dp_train/convert/formats.py: a `find_<format>` lists Items (reading nothing heavy), whose
 `load` reads one sample in a worker and raises SkipSample naming the file on bad input; the converter
 (tools/convert/convert_public.py) writes them like every other format. Layouts and commands:
 tools/convert/README.md. Depth is stored in metres.
@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dp_train.data.convert import (
+from dp_train.convert.make_shards import (
     IMAGE_EXTS,
     ConvertError,
     SkipSample,
@@ -26,8 +26,8 @@ from dp_train.data.convert import (
     read_mask,
     read_or_skip,
 )
-from dp_train.data.exif import NoFocal, focal_px_from_exif
-from dp_train.data.formats import (
+from dp_train.convert.exif import NoFocal, focal_px_from_exif
+from dp_train.convert.formats import (
     FormatInfo,
     Item,
     Loaded,
@@ -243,7 +243,7 @@ def find_spring(root: Path) -> tuple[list[Item], Skipped]:
 
 
 def load_focal_photo(image: Path) -> Loaded:
-    """A photo without depth whose ground truth is its EXIF focal length (see dp_train/data/exif.py)."""
+    """A photo without depth whose ground truth is its EXIF focal length (see dp_train/convert/exif.py)."""
     try:
         f_px = focal_px_from_exif(image)
     except NoFocal as err:

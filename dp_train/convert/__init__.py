@@ -1,0 +1,7 @@
+"""Dataset conversion: depth datasets as files on disk -> dp_train webdataset shards.
+
+Run by tools/make_shards.py (`make_shards`: an in-house folder of images, depth maps, masks and focal
+lengths) and tools/convert/convert_public.py (`formats` and the reader modules: the public benchmarks).
+Not imported at training time: what training reads (the shard schema, streaming, augmentation) is
+`dp_train.data`, whose schema this package writes.
+"""
