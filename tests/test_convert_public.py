@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from dp_train.convert import formats
+from dp_train.convert import formats, hdf5_sets
 from dp_train.convert.make_shards import ConvertError
 from dp_train.data.schema import Sample, decode_sample, shard_urls
 
@@ -376,8 +376,8 @@ def test_hypersim_planar_depth_tonemap_and_camera_csv(tmp_path):
 
 
 def test_hypersim_default_camera():
-    assert formats.HYPERSIM_DEFAULT_CAMERA.f_px == pytest.approx(512 / math.tan(math.radians(30)))
-    assert formats.HYPERSIM_DEFAULT_CAMERA.f_px == pytest.approx(886.81, abs=0.01)
+    assert hdf5_sets.HYPERSIM_DEFAULT_CAMERA.f_px == pytest.approx(512 / math.tan(math.radians(30)))
+    assert hdf5_sets.HYPERSIM_DEFAULT_CAMERA.f_px == pytest.approx(886.81, abs=0.01)
 
 
 def test_cli_script_reports_errors_without_traceback(tmp_path):

@@ -1,4 +1,4 @@
-"""Readers for the paper's benchmarks that formats.py lacks: Booster, Sun-RGBD, Spring, focal-length photo
+"""Readers for the paper's remaining benchmarks: Booster, Sun-RGBD, Spring, focal-length photo
 folders (DDDP, FiveK, PPR10K, RAISE, SPAQ, ZOOM) and a sample exclusion list (DIS-5k); nuScenes is in
 dp_train/convert/nuscenes.py.
 
@@ -32,10 +32,10 @@ from dp_train.convert.formats import (
     Item,
     Loaded,
     Skipped,
-    _missing,
-    _require_dir,
-    _skip_group,
+    first_missing,
     import_h5py,
+    require_dir,
+    skip_group,
 )
 from dp_train.data.schema import sanitize_key
 
@@ -94,18 +94,18 @@ def find_booster(root: Path) -> tuple[list[Item], Skipped]:
     """
     items: list[Item] = []
     skipped: Skipped = []
-    for scene in sorted(p for p in _require_dir(root, "--root").iterdir() if (p / "camera_00").is_dir()):
+    for scene in sorted(p for p in require_dir(root, "--root").iterdir() if (p / "camera_00").is_dir()):
         images = sorted(p for p in (scene / "camera_00").iterdir() if p.suffix.lower() in IMAGE_EXTS)
         keys = [sanitize_key(f"{scene.name}_{p.stem}") for p in images]
         calib, disparity, mask = scene / "calib_00-02.xml", scene / "disp_00.npy", scene / "mask_00.png"
-        reason = _missing([calib, disparity])
+        reason = first_missing([calib, disparity])
         if reason:
             skipped += [(key, reason) for key in keys]
             continue
         try:
             f_px, baseline = read_or_skip(calib, read_booster_calib)
         except SkipSample as err:
-            skipped += _skip_group(keys, scene, err)[1]
+            skipped += skip_group(keys, scene, err)[1]
             continue
         load = partial(load_booster, disparity=disparity, mask=mask if mask.is_file() else None, f_px=f_px,
                        baseline_m=baseline)
@@ -162,7 +162,7 @@ def find_sunrgbd(root: Path, split_file: Path | None = None) -> tuple[list[Item]
     wanted = None if split_file is None else _scene_names(split_file)
     items: list[Item] = []
     skipped: Skipped = []
-    for intrinsics in sorted(_require_dir(root, "--root").glob("**/intrinsics.txt")):
+    for intrinsics in sorted(require_dir(root, "--root").glob("**/intrinsics.txt")):
         scene = intrinsics.parent
         name = scene.relative_to(root).as_posix()
         if wanted is not None and name not in wanted:
@@ -217,20 +217,20 @@ def find_spring(root: Path) -> tuple[list[Item], Skipped]:
     """
     items: list[Item] = []
     skipped: Skipped = []
-    for scene in sorted(p for p in _require_dir(root, "--root").iterdir() if (p / "frame_left").is_dir()):
+    for scene in sorted(p for p in require_dir(root, "--root").iterdir() if (p / "frame_left").is_dir()):
         frames = sorted(scene.glob("frame_left/frame_left_*.png"))
         keys = [sanitize_key(f"{scene.name}_{p.stem.removeprefix('frame_left_')}") for p in frames]
         intrinsics = scene / "cam_data" / "intrinsics.txt"
         try:
             focals = read_or_skip(intrinsics, read_spring_focals)
         except SkipSample as err:
-            skipped += _skip_group(keys, intrinsics.parent, err)[1]
+            skipped += skip_group(keys, intrinsics.parent, err)[1]
             continue
         for key, frame in zip(keys, frames):
             number = frame.stem.removeprefix("frame_left_")
             disparity = scene / "disp1_left" / f"disp1_left_{number}.dsp5"
             index = int(number) - 1 if number.isdigit() else -1
-            reason = _missing([disparity]) or (None if 0 <= index < len(focals) else
+            reason = first_missing([disparity]) or (None if 0 <= index < len(focals) else
                                                f"no line {number} in {intrinsics}")
             if reason:
                 skipped.append((key, reason))
@@ -257,7 +257,7 @@ def find_focal_photos(root: Path) -> tuple[list[Item], Skipped]:
     """Every image under root (recursively), a focal-length test sample keyed by its path: DDDP, FiveK,
     PPR10K, RAISE, SPAQ and ZOOM as photo folders (their raw files converted to JPEG/PNG with the EXIF kept).
     Photos without an EXIF 35 mm-equivalent focal length are skipped, naming the file."""
-    photos = sorted(p for p in _require_dir(root, "--root").rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+    photos = sorted(p for p in require_dir(root, "--root").rglob("*") if p.suffix.lower() in IMAGE_EXTS)
     return [Item(sanitize_key(p.relative_to(root).with_suffix("").as_posix()), partial(load_focal_photo, p))
             for p in photos], []
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from dp_train.convert.make_shards import ConvertError, read_image, read_or_skip
-from dp_train.convert.formats import FormatInfo, Item, Loaded, Skipped, _missing, _require_dir
+from dp_train.convert.formats import FormatInfo, Item, Loaded, Skipped, first_missing, require_dir
 from dp_train.data.schema import sanitize_key
 
 NUSCENES_FORMAT = FormatInfo(metric=True, synthetic=False, sparse=True)
@@ -114,7 +114,7 @@ def _table(folder: Path, name: str) -> dict[str, dict[str, Any]]:
 def find_nuscenes(root: Path, version: str = "v1.0-trainval", channel: str = "CAM_FRONT") -> tuple[list[Item], Skipped]:
     """Key-frame images of camera `channel` under root (the nuScenes folder: samples/, <version>/), each with
     the same sample's LIDAR_TOP key frame projected into it. Key: the image file's stem."""
-    tables = _require_dir(root / version, "nuScenes metadata folder")
+    tables = require_dir(root / version, "nuScenes metadata folder")
     sample_data, calibrated, poses = (_table(tables, n) for n in ("sample_data", "calibrated_sensor", "ego_pose"))
     channels = {token: record["channel"] for token, record in _table(tables, "sensor").items()}
     by_sample: dict[str, dict[str, dict[str, Any]]] = {}
@@ -130,7 +130,7 @@ def find_nuscenes(root: Path, version: str = "v1.0-trainval", channel: str = "CA
         camera, lidar = frames[channel], frames.get("LIDAR_TOP")
         key = sanitize_key(Path(camera["filename"]).name.split(".")[0])
         reason = ("no LIDAR_TOP key frame in its sample" if lidar is None
-                  else _missing([root / camera["filename"], root / lidar["filename"]]))
+                  else first_missing([root / camera["filename"], root / lidar["filename"]]))
         if reason:
             skipped.append((key, reason))
             continue

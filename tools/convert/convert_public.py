@@ -6,8 +6,8 @@ Example:
         --out shards/middlebury --workers 8
 
 Formats, their on-disk layouts and what each stores: tools/convert/README.md. The readers
-live in dp_train/convert/formats.py; shards, report and skip list are those of make_shards
-(shards/README.md). Exit code 0 (ok), 1 (every sample skipped) or 2 (bad arguments or inputs).
+live in dp_train/convert/ (their contract in formats.py); shards, report and skip list are
+those of make_shards (shards/README.md). Exit code 0 (ok), 1 (every sample skipped) or 2 (bad arguments or inputs).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from dp_train.convert import benchmarks, formats, nuscenes
+from dp_train.convert import benchmarks, formats, hdf5_sets, matting, nuscenes, scans, stereo
 from dp_train.convert.make_shards import ConvertError, run_reporting_errors
 from dp_train.data.schema import DEPTH_FORMATS, IMAGE_FORMATS
 
@@ -33,18 +33,18 @@ def _path(value: str | None) -> Path | None:
 def _matting(args: argparse.Namespace, root: Path) -> tuple[list[formats.Item], formats.Skipped]:
     """find_matting on root/<split> (or root), with the image and alpha folder names given, less the samples
     of the --exclude list."""
-    found = formats.find_matting(root / args.split if args.split else root, args.image_dir, args.alpha_dir)
+    found = matting.find_matting(root / args.split if args.split else root, args.image_dir, args.alpha_dir)
     return found if args.exclude is None else benchmarks.exclude(found, Path(args.exclude))
 
 
 FINDERS: dict[str, Finder] = {
-    "middlebury": lambda a, root: formats.find_middlebury(root),
-    "sintel": lambda a, root: formats.find_sintel(root, a.render_pass),
-    "kitti": lambda a, root: formats.find_kitti(root, a.split),
-    "nyu": lambda a, root: formats.find_nyu(root, a.split, _path(a.split_file)),
-    "eth3d": lambda a, root: formats.find_eth3d(root),
-    "ibims": lambda a, root: formats.find_ibims(root),
-    "hypersim": lambda a, root: formats.find_hypersim(root, _path(a.camera_csv), a.split, _path(a.split_file)),
+    "middlebury": lambda a, root: stereo.find_middlebury(root),
+    "sintel": lambda a, root: stereo.find_sintel(root, a.render_pass),
+    "kitti": lambda a, root: stereo.find_kitti(root, a.split),
+    "nyu": lambda a, root: hdf5_sets.find_nyu(root, a.split, _path(a.split_file)),
+    "eth3d": lambda a, root: scans.find_eth3d(root),
+    "ibims": lambda a, root: scans.find_ibims(root),
+    "hypersim": lambda a, root: hdf5_sets.find_hypersim(root, _path(a.camera_csv), a.split, _path(a.split_file)),
     "dis5k": _matting,
     "matting": _matting,
     "booster": lambda a, root: benchmarks.find_booster(root),
