@@ -9,10 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-EXIF_IFD = 0x8769
-"""Pointer to the Exif sub-IFD, where cameras put `FocalLengthIn35mmFilm`."""
-FOCAL_35MM_TAG = 0xA405
-FULL_FRAME_DIAGONAL_MM = math.hypot(36.0, 24.0)
+from dp_train.exif import exif_focal_35mm
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 """Pillow modes of integer grayscale images read as 16-bit (a 16-bit PNG or TIFF; `I` when 32-bit, whose values
@@ -42,22 +39,6 @@ def unit_rgb(img: Image.Image) -> np.ndarray:
         raise ValueError(f"{img.mode} pixels span {low:g}..{high:g}, outside 0..{top:g}: convert the image to 8 or "
                          "16 bits")
     return np.repeat(gray[..., None] / top, 3, axis=2)
-
-
-def exif_focal_35mm(img: Image.Image) -> float | None:
-    """`FocalLengthIn35mmFilm` from the Exif IFD (or, misplaced, IFD0); None when absent or zero."""
-    exif = img.getexif()
-    value = exif.get_ifd(EXIF_IFD).get(FOCAL_35MM_TAG, exif.get(FOCAL_35MM_TAG))
-    try:
-        value = float(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
-    return value if value and math.isfinite(value) and value > 0 else None
-
-
-def focal_35mm_to_px(focal_35mm: float, width: int, height: int) -> float:
-    """Convert a 35 mm-equivalent focal length to pixels by matching the image and film diagonals."""
-    return focal_35mm * math.hypot(width, height) / FULL_FRAME_DIAGONAL_MM
 
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:

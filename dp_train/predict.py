@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dp_train.images import focal_35mm_to_px, image_to_tensor, load_image
+from dp_train.exif import focal_35mm_to_px
+from dp_train.images import image_to_tensor, load_image
 from dp_train.model import PRESETS, DepthPro, DepthProConfig, build_depth_pro
 from dp_train.model.weights import check_state_dict_fits, config_for, read_weights
 from dp_train.visualize import colorize_inverse_depth

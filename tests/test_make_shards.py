@@ -14,7 +14,7 @@ import webdataset as wds
 from PIL import Image
 
 from dp_train.convert.make_shards import main, read_pfm
-from dp_train.convert.exif import (
+from dp_train.exif import (
     EXIF_IFD,
     FOCAL_35MM,
     FOCAL_LENGTH,

@@ -16,7 +16,8 @@ from PIL import Image
 
 from dp_train.cli import main
 from dp_train.model import DepthProConfig, build_depth_pro, save_weights
-from dp_train.images import focal_35mm_to_px, load_image
+from dp_train.exif import focal_35mm_to_px
+from dp_train.images import load_image
 from dp_train.visualize import colorize_inverse_depth, colormap_lut
 
 FOV_DEG = 60.0

@@ -26,7 +26,7 @@ from dp_train.convert.make_shards import (
     read_mask,
     read_or_skip,
 )
-from dp_train.convert.exif import NoFocal, focal_px_from_exif
+from dp_train.exif import NoFocal, focal_px_from_exif
 from dp_train.convert.formats import (
     FormatInfo,
     Item,
@@ -243,7 +243,7 @@ def find_spring(root: Path) -> tuple[list[Item], Skipped]:
 
 
 def load_focal_photo(image: Path) -> Loaded:
-    """A photo without depth whose ground truth is its EXIF focal length (see dp_train/convert/exif.py)."""
+    """A photo without depth whose ground truth is its EXIF focal length (see dp_train/exif.py)."""
     try:
         f_px = focal_px_from_exif(image)
     except NoFocal as err:

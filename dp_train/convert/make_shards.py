@@ -4,7 +4,7 @@ Input: a folder of images and a folder of depth maps matched by file stem (flat,
 recursive), optionally a folder of validity masks (nonzero = valid) and focal lengths.
 Without `--depth`, a focal-only photo set (the FOV stage's, Sec. 3.3 of the paper): every
 sample is a photo with its focal length (from --f-px / --focal-file, else the photo's EXIF,
-see dp_train/convert/exif.py) and an all-invalid depth map; photos without one are skipped.
+see dp_train/exif.py) and an all-invalid depth map; photos without one are skipped.
 Depth maps may be .npy, 16-bit .png (value * --png-scale), .pfm or .exr (needs the
 optional OpenEXR package). Every sample is validated; bad ones are skipped and listed
 in `{prefix}.skipped.txt`; a summary goes to stdout and `{prefix}.report.json`.
@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from dp_train.convert.exif import NoFocal, focal_px_from_exif
+from dp_train.exif import NoFocal, focal_px_from_exif
 from dp_train.data.schema import (
     DEPTH_FORMATS,
     IMAGE_FORMATS,

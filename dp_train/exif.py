@@ -1,4 +1,5 @@
-"""Focal length in pixels from a photo's EXIF tags, for the FOV stage's focal-only photo sets (Sec. 3.3).
+"""Focal length in pixels from a photo's EXIF tags: for `predict` (route 1) and for the converters of the FOV
+stage's focal-only photo sets (Sec. 3.3, both routes).
 
 Two routes, in this order:
 1. FocalLengthIn35mmFilm: the focal length giving the same angle of view on a 36 x 24 mm frame.
@@ -40,11 +41,16 @@ def _positive(tags: dict, tag: int) -> float | None:
     return value if math.isfinite(value) and value > 0 else None
 
 
+def focal_35mm_to_px(focal_35mm: float, width: int, height: int) -> float:
+    """Convert a 35 mm-equivalent focal length to pixels by matching the image and film diagonals (route 1)."""
+    return focal_35mm * math.hypot(width, height) / FULL_FRAME_DIAGONAL_MM
+
+
 def focal_px_from_tags(tags: dict, width: int, height: int) -> float:
     """Focal length in pixels of a `width` x `height` image from its EXIF tags (tag id -> value)."""
     f35 = _positive(tags, FOCAL_35MM)
     if f35 is not None:
-        return f35 * math.hypot(width, height) / FULL_FRAME_DIAGONAL_MM
+        return focal_35mm_to_px(f35, width, height)
     f_mm, per_unit = _positive(tags, FOCAL_LENGTH), _positive(tags, FOCAL_PLANE_X_RESOLUTION)
     unit = MM_PER_UNIT.get(int(tags.get(FOCAL_PLANE_RESOLUTION_UNIT, 2) or 2))
     if f_mm is None or per_unit is None or unit is None:
@@ -58,6 +64,12 @@ def exif_tags(image: Image.Image) -> dict:
     """The base and Exif-IFD tags of an opened image, merged (tag id -> value)."""
     exif = image.getexif()
     return {**dict(exif), **dict(exif.get_ifd(EXIF_IFD))}
+
+
+def exif_focal_35mm(image: Image.Image) -> float | None:
+    """`FocalLengthIn35mmFilm` of an opened image (the Exif IFD's, else a misplaced IFD0 one); None when absent,
+    zero or malformed."""
+    return _positive(exif_tags(image), FOCAL_35MM)
 
 
 def focal_px_from_exif(path: Path) -> float:
