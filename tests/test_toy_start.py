@@ -11,15 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from safetensors import safe_open
 
 from dp_train.data.schema import decode_sample, shard_urls
 from dp_train.data.stream import SourceHealth, raw_records
 from dp_train.images import image_to_tensor
 from dp_train.metrics import depth_metrics
-from dp_train.model import DepthProConfig, build_depth_pro, load_weights
+from dp_train.model import build_depth_pro, load_weights
 from dp_train.predict import load_model
+from tests.helpers.quickstart import quickstart_config
 
 REPO = Path(__file__).resolve().parents[1]
 START = REPO / "weights" / "toy_start.safetensors"
@@ -28,10 +28,8 @@ HELD_OUT_SCENES = 16
 
 
 def quickstart_network() -> torch.nn.Module:
-    """The network recipes/quickstart.yaml trains (its `model.preset` and `model.network`)."""
-    model = yaml.safe_load((REPO / "recipes" / "quickstart.yaml").read_text())["model"]
-    network = {k: tuple(v) if isinstance(v, list) else v for k, v in model["network"].items()}
-    return build_depth_pro(DepthProConfig.preset(model["preset"], **network))
+    """The network recipes/quickstart.yaml trains."""
+    return build_depth_pro(quickstart_config())
 
 
 def test_start_has_apples_tensor_names(fixtures_dir):
@@ -52,6 +50,21 @@ def test_start_loads_strictly_into_the_quickstart_network():
     state = net.state_dict()
     with safe_open(START, "pt") as f:
         assert all(torch.equal(state[name], f.get_tensor(name)) for name in f.keys())
+
+
+def fov_vit_copies_image_encoder(path: Path) -> bool:
+    """Whether every tensor of the FOV ViT in `path` equals the image encoder's of the same name."""
+    with safe_open(path, "pt") as f:
+        image = [n for n in f.keys() if n.startswith("encoder.image_encoder.")]
+        return bool(image) and all(
+            torch.equal(f.get_tensor(n), f.get_tensor("fov.encoder.0." + n.removeprefix("encoder.image_encoder.")))
+            for n in image)
+
+
+def test_start_fov_vit_starts_from_the_image_encoder():
+    """The FOV stage starts, as a real run's does from DINOv2, from pretrained ViT features: the start's FOV ViT
+    is its trained image encoder (the depth stages never train the FOV network)."""
+    assert fov_vit_copies_image_encoder(START)
 
 
 def held_out_scenes() -> list:
@@ -84,14 +97,15 @@ def test_start_resolves_held_out_scenes():
 
 @pytest.mark.slow
 def test_make_toy_start_renders_trains_exports_and_never_overwrites(tmp_path):
-    """The tool runs end to end at a smoke budget into its own folder, writes a strictly loadable file, and
-    refuses to replace it."""
+    """The tool runs end to end at a smoke budget into its own folder, writes a strictly loadable file whose FOV
+    ViT starts from the image encoder, and refuses to replace it."""
     out = tmp_path / "start.safetensors"
     cmd = [sys.executable, str(REPO / "tools" / "make_toy_start.py"), "--run-dir", str(tmp_path / "run"),
            "--steps", "2", "--train-scenes", "4", "--val-scenes", "2", "--size", "64", "--out", str(out)]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     load_weights(quickstart_network(), out, strict=True)
+    assert fov_vit_copies_image_encoder(out)
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 2
     assert again.stderr.strip().splitlines() == [f"error: {out} exists (pass --overwrite to replace it)"]

@@ -12,8 +12,9 @@ import yaml
 
 from dp_train.cli import main
 from dp_train.synth import write_synthetic_shards
-from dp_train.model import DepthProConfig, build_depth_pro, load_weights
+from dp_train.model import build_depth_pro, load_weights
 from dp_train.model.weights import save_weights
+from tests.helpers.quickstart import quickstart_config
 
 REPO = Path(__file__).resolve().parents[1]
 SWITCH_STEP = 24
@@ -98,8 +99,7 @@ def test_fit_learns_switches_stage_and_exports(tmp_path, synthetic_shards):
 
     out = tmp_path / "exported.safetensors"
     assert main(["export", "--ckpt", str(tmp_path / "ckpt" / "last.ckpt"), "--out", str(out)]) == 0
-    net = build_depth_pro(DepthProConfig.preset("tiny", vit_img_size=128, decoder_features=16,
-                                                encoder_feature_dims=(8, 16, 32, 32)))
+    net = build_depth_pro(quickstart_config())
     load_weights(net, out)  # strict: the exported file has exactly the network's tensors
     assert torch.isfinite(net.head[0].weight).all()
 
@@ -109,8 +109,7 @@ def test_a_checkpoint_decides_the_network_shape_and_the_recipe_the_rest(tmp_path
     """Evaluate a checkpoint with another recipe: the network's shape comes from the checkpoint, evaluation
     settings from the recipe, and the file the run was initialised from is no longer needed."""
     start = tmp_path / "start.safetensors"
-    save_weights(build_depth_pro(DepthProConfig.preset("tiny", vit_img_size=128, decoder_features=16,
-                                                       encoder_feature_dims=(8, 16, 32, 32))), start)
+    save_weights(build_depth_pro(quickstart_config()), start)
     recipe = short_recipe(tmp_path, synthetic_shards, max_steps=2)
     trained = ["--recipe", str(REPO / "recipes/quickstart.yaml"), "--recipe", str(recipe), "--report_validation=false"]
     assert main(["fit", *trained, f"--model.init_from={start}"]) == 0

@@ -11,7 +11,7 @@ was made by this command (its figures: weights/README.md):
 It renders the training and validation scenes that `recipes/toy_start.yaml` names (seeds 1,000,000 and up,
 validation 200,000 and up: never the quick start's), runs `python -m dp_train fit --recipe
 recipes/toy_start.yaml`, and exports the last checkpoint's network in Apple's layout (a `.safetensors`, which
-also records the network's shape). A run that was stopped resumes from its `last.ckpt` when started again.
+also records the network's shape), its FOV ViT initialised from the trained image encoder (`write_start`). A run that was stopped resumes from its `last.ckpt` when started again.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 
 import yaml
+
+from dp_train.model.weights import read_weights, save_state_dict
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "toy_start.yaml"
@@ -78,6 +80,23 @@ def train(run_dir: Path, overrides: list[str], steps: int | None) -> Path:
     return last
 
 
+def write_start(exported: Path, out: Path) -> None:
+    """Write the trained network to `out` with its FOV ViT initialised from the trained image encoder.
+
+    Real runs start all three ViTs (patch, image, FOV encoder) from the same DINOv2 weights
+    (`model.network.dinov2_weights`); the toy start's stand-in for those pretrained features is its trained image
+    encoder, which sees the whole image as the FOV encoder does. The FOV stage then starts, as in a real run, from
+    pretrained ViT features and an untrained FOV head, instead of from a random ViT (the depth stages never train
+    the FOV network)."""
+    state, shape = read_weights(exported)
+    source, target = "encoder.image_encoder.", "fov.encoder.0."
+    for name in [n for n in state if n.startswith(source)]:
+        if target + name.removeprefix(source) in state:  # a network without an FOV head has none to start
+            state[target + name.removeprefix(source)] = state[name].clone()
+    save_state_dict(state, out, shape=shape)
+    print(f"wrote {out} (FOV ViT initialised from the image encoder)")
+
+
 def validation_history(run_dir: Path) -> list[dict[str, str]]:
     """The validation rows of the run's CSV logs (all versions, in step order)."""
     rows = []
@@ -99,8 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     render(run_dir / "scenes" / "train" / "toy-train.index.json", args.train_scenes, TRAIN_SEED, args.size)
     render(run_dir / "scenes" / "val" / "toy-val.index.json", args.val_scenes, VAL_SEED, args.size)
     last = train(run_dir, run_overrides(recipe, run_dir), args.steps)
-    export = [sys.executable, "-m", "dp_train", "export", "--ckpt", str(last), "--out", str(args.out)]
-    subprocess.run(export + (["--overwrite"] if args.overwrite else []), check=True, cwd=REPO)
+    exported = run_dir / "exported.safetensors"
+    subprocess.run([sys.executable, "-m", "dp_train", "export", "--ckpt", str(last), "--out", str(exported),
+                    "--overwrite"], check=True, cwd=REPO)
+    write_start(exported, args.out)
     print("step  AbsRel  delta1  boundary F1")
     for row in validation_history(run_dir):
         print(f"{row['step']:>5}  {float(row['val/abs_rel']):.3f}  {float(row['val/delta1']):.3f}  "
