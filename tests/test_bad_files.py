@@ -52,7 +52,7 @@ def test_metric_depth_without_a_focal_length_is_refused_before_writing(tmp_path,
 
 def resume_warnings(caplog, dm) -> list[str]:
     """The warnings of starting `dm`'s training loader."""
-    with caplog.at_level(logging.WARNING, logger="dp_train.data.datamodule"):
+    with caplog.at_level(logging.WARNING, logger="dp_train.data.stream_position"):
         next(iter(dm.train_dataloader()))
     return [record.getMessage() for record in caplog.records]
 

@@ -230,7 +230,7 @@ def mid_epoch_checkpoint(shards: Path, **settings: Any) -> dict:
 ])
 def test_a_resume_says_in_one_line_when_the_stream_cannot_continue_exactly(shards, caplog, before, done, message):
     checkpoint = mid_epoch_checkpoint(shards, **before)
-    with caplog.at_level(logging.WARNING, logger="dp_train.data.datamodule"):
+    with caplog.at_level(logging.WARNING, logger="dp_train.data.stream_position"):
         dm = resumed_datamodule(shards, epoch=0, done=done, checkpoint=checkpoint)
         dm.train_dataloader().__iter__()
     lines = [record.getMessage() for record in caplog.records]
@@ -249,7 +249,7 @@ def test_shards_count_by_file_name_and_sources_by_weight(shards, tmp_path, caplo
     """Shards copied to another folder (node-local scratch) continue exactly; a changed weight is named."""
     source = (SourceConfig("a", str(shutil.copytree(shards.parent, tmp_path / "scratch") / shards.name))
               if change == "copied" else SourceConfig("a", str(shards), weight=2.0))
-    with caplog.at_level(logging.WARNING, logger="dp_train.data.datamodule"):
+    with caplog.at_level(logging.WARNING, logger="dp_train.data.stream_position"):
         checkpoint = mid_epoch_checkpoint(shards)
         dm = resumed_datamodule(shards, epoch=0, done=2, checkpoint=checkpoint, train_sources=[source])
         dm.train_dataloader().__iter__()

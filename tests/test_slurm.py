@@ -35,7 +35,7 @@ SUBMITTED: list[str] = []
 
 SHIELD_CHILD = textwrap.dedent("""
     import functools, os, signal, sys, time
-    from dp_train.data.datamodule import EpochLoader, init_worker, worker_context
+    from dp_train.data.loader import EpochLoader, init_worker, worker_context
     from tests.helpers.slow_data import SlowItems
 
     received = []
@@ -71,7 +71,7 @@ def test_dataloader_workers_survive_the_signals_slurm_sends_to_every_process(sta
 
 ABANDONED_LOADER_CHILD = textwrap.dedent("""
     import functools, os, sys
-    from dp_train.data.datamodule import EpochLoader, init_worker, worker_context
+    from dp_train.data.loader import EpochLoader, init_worker, worker_context
     from tests.helpers.slow_data import SlowItems
 
     loader = EpochLoader(SlowItems(count=100), num_workers=2, multiprocessing_context=worker_context(sys.argv[1] or None),

@@ -2,34 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import logging
-import multiprocessing
-import os
-from collections.abc import Callable, Iterator
-from multiprocessing.context import BaseContext
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import cv2
 import lightning as L
-import torch
-from torch.utils.data import DataLoader
 
 from dp_train.data.augment import AugmentConfig, EvalTransform, TrainTransform
+from dp_train.data.loader import START_METHODS, EpochLoader, epoch_loader, resolve_start_method
 from dp_train.data.repeats import EvaluatedOnce
-from dp_train.data.stream import (
-    DEFAULT_READ_TIMEOUT, SourceConfig, TrainStream, ValStream, normalize_images, sample_seed,
-)
+from dp_train.data.stream import DEFAULT_READ_TIMEOUT, SourceConfig, TrainStream, ValStream, normalize_images
+from dp_train.data.stream_position import StreamPosition, resume_point, stream_settings
 from dp_train.ranges import POSITIVE, SHARE, Range, check_ranges
-from dp_train.resume import TrainPosition, gather_per_rank, own_entry, setting_changes
-from dp_train.slurm import scheduler_signals_blocked, take_scheduler_signals_in_worker
 
-log = logging.getLogger(__name__)
-
-START_METHODS = ("auto", None, "fork", "spawn", "forkserver")
-"""Accepted `worker_start_method` values."""
 DATA_RANGES: dict[str, Range] = {
     "batch_size": Range(1), "val_batch_size": Range(1), "samples_per_epoch": Range(1), "shuffle_buffer": Range(1),
     "image_size": Range(1), "num_workers": Range(0), "max_bad_fraction": SHARE, "shard_read_timeout": POSITIVE,
@@ -38,76 +22,6 @@ DATA_RANGES: dict[str, Range] = {
 constructor, not as jsonargparse restricted types (`PositiveInt`, ...) in its signature: LightningCLI would pass
 instances of those types on, the checkpoint would hold them, and `weights_only` loading (every resume) refuses
 them."""
-FORKSERVER_PRELOAD = ("dp_train.data.datamodule", "torch.utils.data._utils.worker")
-"""Modules a fork server imports once, before forking any worker: each worker then starts in ~0.1 s instead
-of importing the data pipeline itself (~5 s, at every epoch and validation)."""
-
-
-def worker_context(method: str | None) -> BaseContext | None:
-    """The multiprocessing context of dataloader workers (None: the platform default); a fork server
-    preloads the data pipeline's modules."""
-    if method is None:
-        return None
-    context = multiprocessing.get_context(method)
-    if method == "forkserver":
-        context.set_forkserver_preload(list(FORKSERVER_PRELOAD))
-    return context
-
-
-def init_worker(worker_id: int, owner: int) -> None:
-    """Set up a dataloader worker: OpenCV on one thread (a fresh process would start one per core; a forked
-    worker already runs single-threaded, `stop_opencv_threads`, and is left alone), and the scheduler's
-    signals taken by a thread that lets only `owner` (the loading process) or the worker's parent stop it."""
-    if cv2.getNumThreads() != 1:
-        cv2.setNumThreads(1)
-    take_scheduler_signals_in_worker(owner)
-
-
-def stop_opencv_threads() -> None:
-    """Run OpenCV without its thread pool in the process that starts dataloader workers. A worker forked
-    while a pool thread holds the pool's lock inherits the lock held and waits forever at its first OpenCV
-    call (seen in CI: a forked worker stuck in `cv2.setNumThreads`). Only the loading process is affected:
-    with workers, it does little image work."""
-    cv2.setNumThreads(0)
-
-
-class EpochLoader(DataLoader):
-    """A DataLoader over a stream that tells the stream where it starts before workers are created.
-
-    `position_fn` returns (epoch, batches of this epoch already trained): after
-    a mid-epoch resume the stream continues at the right global batch index, so
-    the curriculum's mixture schedule stays aligned with the optimizer steps.
-    Without it, each iteration starts the next epoch from its first batch. `on_start` is called as each
-    iteration begins (an evaluation pass starts its record of samples seen).
-
-    Each iteration draws its workers' base seed from a generator of its own, seeded by (data seed,
-    epoch, rank), not from torch's global RNG: the RNG state a checkpoint holds then does not depend
-    on whether the next epoch's workers were started before it was saved (an uninterrupted run starts
-    them after the epoch-end checkpoint, a resumed run before restoring the RNG), nor on validation.
-    Workers (and their fork server) start with the scheduler's signals blocked: SLURM signals every
-    process of the job, and only the training process may act on them.
-    """
-
-    def __init__(self, dataset, position_fn: Callable[[], tuple[int, int]] | None = None,
-                 on_start: Callable[[], None] | None = None, **kwargs) -> None:
-        super().__init__(dataset, batch_size=None, generator=torch.Generator(), **kwargs)
-        self._position_fn = position_fn
-        self._on_start = on_start
-        self._next_epoch = 0
-
-    def __iter__(self) -> Iterator:
-        if self._on_start is not None:
-            self._on_start()
-        if self._position_fn is not None:
-            self.dataset.epoch, self.dataset.start_batch = self._position_fn()
-        else:
-            self.dataset.epoch, self.dataset.start_batch = self._next_epoch, 0
-            self._next_epoch += 1
-        self.generator.manual_seed(sample_seed(self.dataset.seed, self.dataset.epoch, self.dataset.rank))
-        if self.num_workers == 0:
-            return super().__iter__()
-        with scheduler_signals_blocked():
-            return super().__iter__()
 
 
 class DepthDataModule(L.LightningDataModule):
@@ -175,9 +89,7 @@ class DepthDataModule(L.LightningDataModule):
         self.shard_read_timeout = shard_read_timeout
         self.pin_memory = pin_memory
         check_ranges("data", vars(self), DATA_RANGES)
-        self.train_position = TrainPosition()
-        self._resumed_settings: dict[str, Any] = {}
-        """The checkpoint's `_stream_settings` (empty: not resumed, or a checkpoint without them)."""
+        self.stream_position = StreamPosition()
         self.train_stream: TrainStream | None = None
         self.val_stream: ValStream | None = None
         self.test_stream: ValStream | None = None
@@ -234,28 +146,11 @@ class DepthDataModule(L.LightningDataModule):
         if self.test_stream is not None:
             self.test_stream.native_truth = True
 
-    def _start_method(self) -> str | None:
-        """The workers' start method: "auto" resolved for this run's world size."""
-        if self.worker_start_method != "auto":
-            return self.worker_start_method
-        return "forkserver" if self._distribution()[1] > 1 else None
-
-    def _loader(self, stream, position_fn: Callable[[], tuple[int, int]] | None = None,
+    def _loader(self, stream: TrainStream | ValStream, position_fn: Callable[[], tuple[int, int]] | None = None,
                 on_start: Callable[[], None] | None = None) -> EpochLoader:
-        workers = self.num_workers
-        if workers > 0:
-            stop_opencv_threads()
-        return EpochLoader(
-            stream,
-            position_fn=position_fn,
-            on_start=on_start,
-            num_workers=workers,
-            worker_init_fn=functools.partial(init_worker, owner=os.getpid()) if workers > 0 else None,
-            multiprocessing_context=worker_context(self._start_method()) if workers > 0 else None,
-            pin_memory=self.pin_memory,
-            persistent_workers=False,
-            prefetch_factor=2 if workers > 0 else None,
-        )
+        """A loader over `stream` with this recipe's workers, started as `worker_start_method` says."""
+        method = resolve_start_method(self.worker_start_method, self._distribution()[1])
+        return epoch_loader(stream, self.num_workers, method, self.pin_memory, position_fn, on_start)
 
     def train_dataloader(self) -> EpochLoader:
         """Endless weighted mixture, a fixed number of batches per epoch on every rank."""
@@ -266,52 +161,17 @@ class DepthDataModule(L.LightningDataModule):
         return self._loader(self.train_stream, self._train_start)
 
     def _train_start(self) -> tuple[int, int]:
-        """(epoch, batches of it already trained) from the trainer; on a resume, also tells the
-        stream how many raw records each worker already consumed, so it continues exactly.
-
-        Lightning creates the iterator of a resumed run before it settles its own counters. A
-        checkpoint saved after an epoch's last batch (a step checkpoint, a preemption save) still
-        reports the finished epoch here, but Lightning then moves on to the next epoch and takes its
-        batches from this iterator: it must start that epoch (continuing "after the last batch" would
-        yield nothing, and Lightning would count the empty pass as one more epoch, skipping a whole
-        epoch of data). A checkpoint saved once the epoch was closed (`on_train_epoch_end`) reports
-        it too, but there Lightning first finishes that epoch with this iterator, then starts a new
-        one: it must be empty."""
-        trainer = self.trainer
-        epoch, done = trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.ready
-        epochs = trainer.fit_loop.epoch_progress.current  # processed > completed: closed, not yet counted
-        if done >= self.train_stream.batches_per_epoch and epochs.processed == epochs.completed:
-            epoch, done = epoch + 1, 0
-        changes = self._stream_changes() if done else []
-        if changes:
-            log.warning("resuming mid-epoch with %s: the rest of epoch %d is drawn anew, not continued exactly "
-                        "(some of its samples may repeat)", "; ".join(changes), epoch)
-            self.train_position = TrainPosition()
-        self.train_stream.resume_records = self.train_position.skips_for(epoch) if done else {}
+        """(epoch, batches of it already trained) from the trainer; on a resume, also tells the stream how many
+        raw records each worker already consumed, so it continues exactly (data/stream_position.py)."""
+        epoch, done = resume_point(self.trainer, self.train_stream.batches_per_epoch)
+        self.train_stream.resume_records = self.stream_position.skips(epoch, done, self._stream_settings(),
+                                                                      self.num_workers)
         return epoch, done
 
     def _stream_settings(self) -> dict[str, Any]:
-        """The settings that decide which raw records the train stream reads in which order (the position
-        a checkpoint holds is only meaningful under the same ones). Shards count by file name: a job that
-        copies them to another folder (node-local scratch) still continues exactly."""
-        sources = [dataclasses.asdict(source) | {"urls": [Path(url).name for url in source.shard_urls()]}
-                   for source in self.train_sources]
-        return {"data.batch_size": self.batch_size, "data.samples_per_epoch": self.samples_per_epoch,
-                "data.seed": self.seed, "data.shuffle_buffer": self.shuffle_buffer, "data.train_sources": sources}
-
-    def _stream_changes(self) -> list[str]:
-        """How this run's stream settings and dataloader workers differ from the checkpoint's (empty: the
-        stream continues exactly). A source added or removed since the checkpoint is such a change, not an
-        error: the weights, optimizer and schedules are those of the checkpoint whatever the data, so a run may
-        go on with more (or fewer) sets; only the position inside the epoch cannot be kept."""
-        recorded = self.train_position.workers
-        changes = setting_changes(self._resumed_settings, self._stream_settings())
-        if recorded not in (0, max(1, self.num_workers)):
-            changes.insert(0, f"data.num_workers {self.num_workers} (checkpoint: {recorded})")
-        sources = {len(counts) for counts in self.train_position.records.values()} - {len(self.train_sources)}
-        if sources and "data.train_sources" not in self._resumed_settings:  # a checkpoint without the settings
-            changes.append(f"{len(self.train_sources)} data.train_sources (checkpoint: {sources.pop()})")
-        return changes
+        """This recipe's settings that decide the train stream's records and order."""
+        return stream_settings(self.train_sources, self.batch_size, self.samples_per_epoch, self.seed,
+                               self.shuffle_buffer)
 
     def val_dataloader(self) -> EpochLoader | list:
         """Every validation sample exactly once across ranks and workers, a sample held twice by its shards
@@ -328,22 +188,17 @@ class DepthDataModule(L.LightningDataModule):
         """Account each trained batch's raw records per worker (the stream position a resume needs); in an
         evaluation batch, samples this pass already scored become padding (data/repeats.py)."""
         if "records_read" in batch and self.trainer is not None and self.trainer.training:
-            self.train_position.add(self.trainer.current_epoch, int(batch["worker"]), max(1, self.num_workers),
-                                    batch["records_read"].tolist())
+            self.stream_position.add(self.trainer.current_epoch, int(batch["worker"]), max(1, self.num_workers),
+                                     batch["records_read"].tolist())
         return self._evaluated.mark_repeats(batch) if "padding" in batch else batch
 
     def state_dict(self) -> dict[str, Any]:
         """Every rank's train-stream position (a collective: Lightning calls it on all ranks)."""
-        return {"train_position": gather_per_rank(dataclasses.asdict(self.train_position)),
-                "train_settings": self._stream_settings()}
+        return self.stream_position.state_dict(self._stream_settings())
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Take this rank's stream position from a checkpoint."""
-        if "train_position" in state:
-            entry = own_entry(state["train_position"], "data-stream position")
-            records = {int(worker): list(counts) for worker, counts in entry["records"].items()}
-            self.train_position = TrainPosition(entry["epoch"], entry["workers"], records)
-        self._resumed_settings = state.get("train_settings", {})
+        self.stream_position.load_state_dict(state)
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """Normalise uint8 images to [-1, 1] on the device."""
