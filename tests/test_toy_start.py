@@ -22,6 +22,9 @@ from dp_train.predict import load_model
 from tests.helpers.quickstart import quickstart_config
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+import make_toy_start  # noqa: E402  (a script in tools/, imported for its functions)
+
 START = REPO / "weights" / "toy_start.safetensors"
 HELD_OUT = REPO / "shards" / "sample" / "val" / "synth-val.index.json"
 HELD_OUT_SCENES = 16
@@ -95,15 +98,51 @@ def test_start_resolves_held_out_scenes():
     assert start["delta1"] > untrained["delta1"] + 0.3
 
 
+@pytest.mark.parametrize("count,jobs", [(3000, 1), (3000, 14), (10, 3), (5, 5)])
+def test_parallel_rendering_splits_the_seed_range_exactly(tmp_path, count, jobs):
+    """Rendering with several processes covers the same scenes as one: consecutive seed ranges, each once, none
+    empty, each with its own index (one process keeps the single index the shipped start was made with)."""
+    parts = make_toy_start.chunks(tmp_path, "toy-train", count, 1_000_000, jobs)
+    seeds = [seed for _, part_count, first in parts for seed in range(first, first + part_count)]
+    assert seeds == list(range(1_000_000, 1_000_000 + count))
+    assert all(part_count > 0 for _, part_count, _ in parts)
+    assert len({index for index, _, _ in parts}) == jobs
+    if jobs == 1:
+        assert parts[0][0] == tmp_path / "toy-train.index.json"
+
+
+def test_scenes_rendered_with_other_counts_are_refused_not_reused(tmp_path):
+    """Scenes already in --scenes are reused only if each index holds its range's count: a run asked for other
+    counts stops with one line naming the index, and the scenes there stay as they were."""
+    [index] = make_toy_start.render(tmp_path, "toy-val", 2, 200_000, 32)
+    before = index.read_bytes()
+    assert make_toy_start.render(tmp_path, "toy-val", 2, 200_000, 32) == [index]
+    with pytest.raises(SystemExit) as stop:
+        make_toy_start.render(tmp_path, "toy-val", 3, 200_000, 32)
+    assert str(stop.value).startswith(f"error: {index} holds 2 scenes, not 3")
+    assert index.read_bytes() == before
+
+
+def test_fit_overrides_follow_the_tools_own():
+    """Arguments after `--` reach `dp_train fit` after the tool's run-directory overrides, so they win."""
+    args = make_toy_start.parse_args(["--jobs", "2", "--", "--trainer.accelerator=gpu", "--data.batch_size=32"])
+    assert args.jobs == 2 and args.fit_overrides == ["--trainer.accelerator=gpu", "--data.batch_size=32"]
+    with pytest.raises(SystemExit):
+        make_toy_start.parse_args(["--jobs", "0"])
+
+
 @pytest.mark.slow
 def test_make_toy_start_renders_trains_exports_and_never_overwrites(tmp_path):
-    """The tool runs end to end at a smoke budget into its own folder, writes a strictly loadable file whose FOV
-    ViT starts from the image encoder, and refuses to replace it."""
+    """The tool runs end to end at a smoke budget into its own folder (two rendering processes, a recipe
+    override after `--`), writes a strictly loadable file whose FOV ViT starts from the image encoder, and
+    refuses to replace it."""
     out = tmp_path / "start.safetensors"
     cmd = [sys.executable, str(REPO / "tools" / "make_toy_start.py"), "--run-dir", str(tmp_path / "run"),
-           "--steps", "2", "--train-scenes", "4", "--val-scenes", "2", "--size", "64", "--out", str(out)]
+           "--steps", "2", "--train-scenes", "4", "--val-scenes", "2", "--size", "64", "--jobs", "2",
+           "--out", str(out), "--", "--data.num_workers=0"]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert len(list((tmp_path / "run" / "scenes" / "train").glob("*.index.json"))) == 2
     load_weights(quickstart_network(), out, strict=True)
     assert fov_vit_copies_image_encoder(out)
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -12,6 +12,12 @@ It renders the training and validation scenes that `recipes/toy_start.yaml` name
 validation 200,000 and up: never the quick start's), runs `python -m dp_train fit --recipe
 recipes/toy_start.yaml`, and exports the last checkpoint's network in Apple's layout (a `.safetensors`, which
 also records the network's shape), its FOV ViT initialised from the trained image encoder (`write_start`). A run that was stopped resumes from its `last.ckpt` when started again.
+
+Arguments after `--` go to `dp_train fit` as recipe overrides, e.g. on a GPU (weights/README.md gives the
+command that made the shipped file):
+
+    python tools/make_toy_start.py --train-scenes 12000 --jobs 14 -- --trainer.accelerator=gpu \
+        --data.batch_size=32 --data.num_workers=6
 """
 
 from __future__ import annotations
@@ -45,27 +51,59 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="where scenes, logs and checkpoints go (default: the recipe's, runs/toy_start)")
     parser.add_argument("--out", type=Path, default=REPO / "weights" / "toy_start.safetensors")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    return parser.parse_args(argv)
+    parser.add_argument("--scenes", type=Path, default=None,
+                        help="where the scenes are rendered, or found if already there (default: RUN_DIR/scenes)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="rendering processes; each writes its own shards and index (1: one index, as before)")
+    parser.add_argument("fit_overrides", nargs="*", metavar="-- FIT_OVERRIDE",
+                        help="recipe overrides passed to `dp_train fit` after the tool's own")
+    args = parser.parse_args(argv)
+    if args.jobs < 1 or args.jobs > args.train_scenes:
+        parser.error(f"--jobs must be 1..--train-scenes ({args.train_scenes}), got {args.jobs}")
+    return args
 
 
-def run_overrides(recipe: dict, run_dir: Path) -> list[str]:
-    """Command-line overrides that move the recipe's run (scenes, logs, checkpoints) into `run_dir`."""
+def run_overrides(recipe: dict, run_dir: Path, train_indexes: list[Path], val_index: Path) -> list[str]:
+    """Command-line overrides that move the recipe's run (logs, checkpoints) into `run_dir` and read the scenes
+    from `train_indexes` / `val_index`."""
     data = recipe["data"]
-    train = dict(data["train_sources"][0], urls=str(run_dir / "scenes" / "train" / "toy-train.index.json"))
-    val = dict(data["val_sources"][0], urls=str(run_dir / "scenes" / "val" / "toy-val.index.json"))
+    train = dict(data["train_sources"][0], urls=[str(index) for index in train_indexes])
+    val = dict(data["val_sources"][0], urls=str(val_index))
     return [f"--trainer.default_root_dir={run_dir}", f"--trainer.logger.init_args.save_dir={run_dir}",
             f"--trainer.callbacks.init_args.dirpath={run_dir / 'checkpoints'}",
             f"--data.train_sources={json.dumps([train])}", f"--data.val_sources={json.dumps([val])}"]
 
 
-def render(index: Path, count: int, seed: int, size: int) -> None:
-    """Render `count` scenes from `seed` into the shards `index` names, unless they are there already."""
-    if index.is_file():
-        return
-    prefix = index.name.removesuffix(".index.json")
-    subprocess.run([sys.executable, str(REPO / "tools" / "synth_scenes.py"), "--out", str(index.parent),
-                    "--prefix", prefix, "--count", str(count), "--seed", str(seed), "--size", str(size),
-                    "--samples-per-shard", "250", "--depth-format", "png16", "--quiet"], check=True)
+def chunks(folder: Path, prefix: str, count: int, seed: int, jobs: int) -> list[tuple[Path, int, int]]:
+    """(index, scene count, first seed) of each of `jobs` consecutive seed ranges that together cover
+    `seed .. seed + count - 1`; one job keeps the single index `{prefix}.index.json`."""
+    if jobs == 1:
+        return [(folder / f"{prefix}.index.json", count, seed)]
+    bounds = [count * i // jobs for i in range(jobs + 1)]
+    return [(folder / f"{prefix}-{i:02d}of{jobs:02d}.index.json", bounds[i + 1] - bounds[i], seed + bounds[i])
+            for i in range(jobs)]
+
+
+def render(folder: Path, prefix: str, count: int, seed: int, size: int, jobs: int = 1) -> list[Path]:
+    """Render scenes `seed .. seed + count - 1` into `folder` with `jobs` processes (one seed range and index
+    each), reusing an index already there that holds its range's count; returns the indexes."""
+    parts = chunks(folder, prefix, count, seed, jobs)
+    running = []
+    for index, part_count, part_seed in parts:
+        if index.is_file():
+            held = json.loads(index.read_text()).get("samples")
+            if held != part_count:
+                raise SystemExit(f"error: {index} holds {held} scenes, not {part_count}: remove it, or pass the "
+                                 "--train-scenes / --val-scenes / --jobs that rendered it")
+            continue
+        running.append(subprocess.Popen([
+            sys.executable, str(REPO / "tools" / "synth_scenes.py"), "--out", str(folder),
+            "--prefix", index.name.removesuffix(".index.json"), "--count", str(part_count), "--seed", str(part_seed),
+            "--size", str(size), "--samples-per-shard", "250", "--depth-format", "png16", "--quiet"]))
+    for process in running:
+        if process.wait() != 0:
+            raise subprocess.CalledProcessError(process.returncode, process.args)
+    return [index for index, _, _ in parts]
 
 
 def train(run_dir: Path, overrides: list[str], steps: int | None) -> Path:
@@ -115,9 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     recipe = yaml.safe_load(RECIPE.read_text())
     run_dir = (args.run_dir or REPO / recipe["trainer"]["default_root_dir"]).resolve()
-    render(run_dir / "scenes" / "train" / "toy-train.index.json", args.train_scenes, TRAIN_SEED, args.size)
-    render(run_dir / "scenes" / "val" / "toy-val.index.json", args.val_scenes, VAL_SEED, args.size)
-    last = train(run_dir, run_overrides(recipe, run_dir), args.steps)
+    scenes = (args.scenes or run_dir / "scenes").resolve()
+    train_indexes = render(scenes / "train", "toy-train", args.train_scenes, TRAIN_SEED, args.size, args.jobs)
+    [val_index] = render(scenes / "val", "toy-val", args.val_scenes, VAL_SEED, args.size)
+    overrides = run_overrides(recipe, run_dir, train_indexes, val_index) + args.fit_overrides
+    last = train(run_dir, overrides, args.steps)
     exported = run_dir / "exported.safetensors"
     subprocess.run([sys.executable, "-m", "dp_train", "export", "--ckpt", str(last), "--out", str(exported),
                     "--overwrite"], check=True, cwd=REPO)
