@@ -33,6 +33,7 @@ from pathlib import Path
 import yaml
 
 from dp_train.model.weights import read_weights, save_state_dict
+from dp_train.predict import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "toy_start.yaml"
@@ -126,12 +127,11 @@ def write_start(exported: Path, out: Path) -> None:
     encoder, which sees the whole image as the FOV encoder does. The FOV stage then starts, as in a real run, from
     pretrained ViT features and an untrained FOV head, instead of from a random ViT (the depth stages never train
     the FOV network)."""
-    state, shape = read_weights(exported)
-    source, target = "encoder.image_encoder.", "fov.encoder.0."
-    for name in [n for n in state if n.startswith(source)]:
-        if target + name.removeprefix(source) in state:  # a network without an FOV head has none to start
-            state[target + name.removeprefix(source)] = state[name].clone()
-    save_state_dict(state, out, shape=shape)
+    _, shape = read_weights(exported)
+    model = load_model(exported, preset=None)
+    if model.fov is not None:  # a network without an FOV head has none to start
+        model.fov.encoder[0].load_state_dict(model.encoder.image_encoder.state_dict())
+    save_state_dict(model.state_dict(), out, shape=shape)
     print(f"wrote {out} (FOV ViT initialised from the image encoder)")
 
 
