@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dp_train.convert.make_shards import ConvertError, main as make_shards, read_focal_file
+from dp_train.convert.errors import ConvertError
+from dp_train.convert.make_shards import main as make_shards
+from dp_train.convert.readers import read_focal_file
 from dp_train.data.schema import encode_sample
 from dp_train.data.stream import SourceConfig
 from tests.test_datamodule import datamodule, plane_sample, raw_tar

@@ -21,7 +21,7 @@ import pytest
 import webdataset as wds
 
 from dp_train.convert import formats, hdf5_sets
-from dp_train.convert.make_shards import ConvertError
+from dp_train.convert.errors import ConvertError
 from dp_train.data.schema import Sample, decode_sample, shard_urls
 
 h5py = pytest.importorskip("h5py")

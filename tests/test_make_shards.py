@@ -13,7 +13,8 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from dp_train.convert.make_shards import main, read_pfm
+from dp_train.convert.make_shards import main
+from dp_train.convert.readers import read_pfm
 from dp_train.exif import (
     EXIF_IFD,
     FOCAL_35MM,

@@ -17,16 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dp_train.convert.make_shards import (
-    IMAGE_EXTS,
-    ConvertError,
-    SkipSample,
-    positive_number,
-    read_image,
-    read_mask,
-    read_or_skip,
-)
-from dp_train.exif import NoFocal, focal_px_from_exif
+from dp_train.convert.errors import ConvertError, SkipSample
 from dp_train.convert.formats import (
     FormatInfo,
     Item,
@@ -37,7 +28,9 @@ from dp_train.convert.formats import (
     require_dir,
     skip_group,
 )
+from dp_train.convert.readers import IMAGE_EXTS, positive_number, read_image, read_mask, read_or_skip
 from dp_train.data.schema import sanitize_key
+from dp_train.exif import NoFocal, focal_px_from_exif
 
 BENCHMARK_FORMATS: dict[str, FormatInfo] = {
     "booster": FormatInfo(metric=True, synthetic=False, sparse=False),

@@ -7,8 +7,8 @@ samples with a reason) as Items whose `load` is a `load_<format>` call reading o
 worker process, raising SkipSample with the file's name on bad input. The readers live by family:
 `stereo` (Middlebury, Sintel, KITTI), `hdf5_sets` (NYUv2, Hypersim), `scans` (ETH3D, iBims-1),
 `matting` (DIS5K and friends), `benchmarks` and `nuscenes`. `write_shards` converts the items in
-parallel and writes shards, the skip list and the report exactly like make_shards
-(dp_train/convert/make_shards.py, whose readers, report, driver pieces and error types are reused).
+parallel and writes shards, the skip list and the report exactly like make_shards, with the same
+pieces: `errors` (error types), `readers` (file readers), `report` and `runner` (parallel run, writing).
 
 Depth is stored in metres for every depth format here. Matting / boundary sets (DIS5K and
 friends) have no depth: their samples store an all-zero depth map, i.e. every pixel invalid
@@ -27,21 +27,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from dp_train.convert.make_shards import (
-    N_BINS,
-    ConvertError,
-    Report,
-    Result,
-    SampleStats,
-    SkipSample,
-    check_output,
-    collect_results,
-    parallel_results,
-    safe_result,
-    sample_stats,
-    save_report,
-    unusual_statistics,
-)
+from dp_train.convert.errors import ConvertError, SkipSample
+from dp_train.convert.report import N_BINS, Report, SampleStats, sample_stats, save_report, unusual_statistics
+from dp_train.convert.runner import Result, check_output, collect_results, parallel_results, safe_result
 from dp_train.data.schema import SampleMeta, ShardWriter, encode_sample, make_sample
 
 Skipped = list[tuple[str, str]]  # (sample name, reason)

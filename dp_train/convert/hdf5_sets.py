@@ -16,8 +16,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from dp_train.convert.errors import ConvertError, SkipSample
 from dp_train.convert.formats import Item, Loaded, Skipped, import_h5py, read_hdf5_array, require_dir
-from dp_train.convert.make_shards import ConvertError, SkipSample, read_image, read_or_skip
+from dp_train.convert.readers import read_image, read_or_skip
 from dp_train.data.schema import sanitize_key
 
 # ----------------------------------------------------------------------------- NYU Depth v2

@@ -13,7 +13,8 @@ import numpy as np
 from PIL import Image
 
 from dp_train.convert.formats import Item, Loaded, Skipped, require_dir
-from dp_train.convert.make_shards import IMAGE_EXTS, count_problem, files_by_stem, read_image, read_or_skip
+from dp_train.convert.jobs import count_problem, files_by_stem
+from dp_train.convert.readers import IMAGE_EXTS, read_image, read_or_skip
 from dp_train.data.schema import sanitize_key
 
 # ----------------------------------------------------------------------------- DIS5K / matting

@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from dp_train.convert.make_shards import ConvertError, read_image, read_or_skip
+from dp_train.convert.errors import ConvertError
 from dp_train.convert.formats import FormatInfo, Item, Loaded, Skipped, first_missing, require_dir
+from dp_train.convert.readers import read_image, read_or_skip
 from dp_train.data.schema import sanitize_key
 
 NUSCENES_FORMAT = FormatInfo(metric=True, synthetic=False, sparse=True)
