@@ -4,9 +4,11 @@
 Real Depth Pro runs start from DINOv2 encoders or from Apple's `depth_pro.pt`; the toy runs of this
 repository (the quick start, `tools/ablate.py`, the fine-tuning demo) start from this file instead, so that
 they begin with a network that already resolves scene structure. The shipped `weights/toy_start.safetensors`
-was made by this command (its figures: weights/README.md):
+was made by two runs of this tool: stage 1 from random weights,
 
     python tools/make_toy_start.py
+
+and stage 2 continuing it (`--model.init_from` after `--`; weights/README.md gives both commands and the figures).
 
 It renders the training and validation scenes that `recipes/toy_start.yaml` names (seeds 1,000,000 and up,
 validation 200,000 and up: never the quick start's), runs `python -m dp_train fit --recipe
