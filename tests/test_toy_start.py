@@ -127,8 +127,16 @@ def test_fit_overrides_follow_the_tools_own():
     """Arguments after `--` reach `dp_train fit` after the tool's run-directory overrides, so they win."""
     args = make_toy_start.parse_args(["--jobs", "2", "--", "--trainer.accelerator=gpu", "--data.batch_size=32"])
     assert args.jobs == 2 and args.fit_overrides == ["--trainer.accelerator=gpu", "--data.batch_size=32"]
-    with pytest.raises(SystemExit):
-        make_toy_start.parse_args(["--jobs", "0"])
+
+
+@pytest.mark.parametrize("jobs", ["0", "5"])
+def test_jobs_out_of_range_is_one_error_line(tmp_path, capsys, jobs):
+    """--jobs outside 1..--train-scenes stops before anything is rendered, with one line naming the option."""
+    code = make_toy_start.main(["--jobs", jobs, "--train-scenes", "4", "--run-dir", str(tmp_path / "run"),
+                                "--out", str(tmp_path / "start.safetensors")])
+    assert code == 2
+    assert capsys.readouterr().err.splitlines() == [f"error: --jobs must be 1..4 (--train-scenes), got {jobs}"]
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow

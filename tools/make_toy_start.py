@@ -60,10 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="rendering processes; each writes its own shards and index (1: one index, as before)")
     parser.add_argument("fit_overrides", nargs="*", metavar="-- FIT_OVERRIDE",
                         help="recipe overrides passed to `dp_train fit` after the tool's own")
-    args = parser.parse_args(argv)
-    if args.jobs < 1 or args.jobs > args.train_scenes:
-        parser.error(f"--jobs must be 1..--train-scenes ({args.train_scenes}), got {args.jobs}")
-    return args
+    return parser.parse_args(argv)
 
 
 def run_overrides(recipe: dict, run_dir: Path, train_indexes: list[Path], val_index: Path) -> list[str]:
@@ -91,21 +88,19 @@ def render(folder: Path, prefix: str, count: int, seed: int, size: int, jobs: in
     """Render scenes `seed .. seed + count - 1` into `folder` with `jobs` processes (one seed range and index
     each), reusing an index already there that holds its range's count; returns the indexes."""
     parts = chunks(folder, prefix, count, seed, jobs)
-    running = []
-    for index, part_count, part_seed in parts:
-        if index.is_file():
-            held = json.loads(index.read_text()).get("samples")
-            if held != part_count:
-                raise SystemExit(f"error: {index} holds {held} scenes, not {part_count}: remove it, or pass the "
-                                 "--train-scenes / --val-scenes / --jobs that rendered it")
-            continue
-        running.append(subprocess.Popen([
-            sys.executable, str(REPO / "tools" / "synth_scenes.py"), "--out", str(folder),
-            "--prefix", index.name.removesuffix(".index.json"), "--count", str(part_count), "--seed", str(part_seed),
-            "--size", str(size), "--samples-per-shard", "250", "--depth-format", "png16", "--quiet"]))
-    for process in running:
-        if process.wait() != 0:
-            raise subprocess.CalledProcessError(process.returncode, process.args)
+    for index, part_count, _ in parts:  # check every reused index before starting any process
+        held = json.loads(index.read_text()).get("samples") if index.is_file() else part_count
+        if held != part_count:
+            raise SystemExit(f"error: {index} holds {held} scenes, not {part_count}: remove it, or pass the "
+                             "--train-scenes / --val-scenes / --jobs that rendered it")
+    running = [subprocess.Popen([
+        sys.executable, str(REPO / "tools" / "synth_scenes.py"), "--out", str(folder),
+        "--prefix", index.name.removesuffix(".index.json"), "--count", str(part_count), "--seed", str(part_seed),
+        "--size", str(size), "--samples-per-shard", "250", "--depth-format", "png16", "--quiet"])
+        for index, part_count, part_seed in parts if not index.is_file()]
+    failed = [process for process in running if process.wait() != 0]  # all finish before a failure is reported
+    if failed:
+        raise subprocess.CalledProcessError(failed[0].returncode, failed[0].args)
     return [index for index, _, _ in parts]
 
 
@@ -149,6 +144,9 @@ def validation_history(run_dir: Path) -> list[dict[str, str]]:
 def main(argv: list[str] | None = None) -> int:
     """Render, train, export; print the validation history and the wall time."""
     args = parse_args(argv)
+    if not 1 <= args.jobs <= args.train_scenes:
+        print(f"error: --jobs must be 1..{args.train_scenes} (--train-scenes), got {args.jobs}", file=sys.stderr)
+        return 2
     if args.out.exists() and not args.overwrite:
         print(f"error: {args.out} exists (pass --overwrite to replace it)", file=sys.stderr)
         return 2
