@@ -100,6 +100,40 @@ def test_export_refuses_an_existing_out_unless_overwrite(tmp_path, capsys, weigh
     assert len(torch.load(out, weights_only=True)) == len(load_file(weights))
 
 
+@pytest.mark.parametrize("spelling", ["same path", "relative path", "symlink", "hard link", "inside a sharded dir"])
+def test_export_never_writes_over_its_input_even_with_overwrite(tmp_path, capsys, monkeypatch, spelling):
+    run = tmp_path / "run"
+    run.mkdir()
+    ckpt = run / "last.ckpt"
+    if spelling == "inside a sharded dir":
+        ckpt.mkdir()
+        (ckpt / "__0_0.distcp").write_bytes(b"rank 0's shard")
+    else:
+        ckpt.write_bytes(b"weights, optimizer state and step")
+    monkeypatch.chdir(tmp_path)
+    out = {"same path": ckpt, "relative path": Path("run/../run/last.ckpt"), "symlink": run / "w.pt",
+           "hard link": run / "w.pt", "inside a sharded dir": ckpt / "w.safetensors"}[spelling]
+    if spelling == "symlink":
+        out.symlink_to(ckpt)
+    elif spelling == "hard link":
+        out.hardlink_to(ckpt)
+    before = contents(run)
+    assert main(["export", "--ckpt", str(ckpt), "--out", str(out), "--overwrite"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: --out {out} is, or lies inside, the checkpoint --ckpt {ckpt}: choose another file (the input is "
+        "never replaced, even with --overwrite)"]
+    assert contents(run) == before
+
+
+def test_export_into_a_folder_that_is_a_file_is_one_error_line(tmp_path, capsys, weights):
+    (tmp_path / "some_file.txt").write_text("the user's notes")
+    out = tmp_path / "some_file.txt" / "w.safetensors"
+    assert main(["export", "--ckpt", str(weights), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: --out {out} cannot be written: {tmp_path / 'some_file.txt'} is a file, not a folder"]
+    assert (tmp_path / "some_file.txt").read_text() == "the user's notes"
+
+
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
     """A tiny synthetic shard set."""
