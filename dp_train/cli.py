@@ -117,13 +117,14 @@ class DepthProCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         """Build the model, data and trainer. What they refuse (an unknown preset or network field, a weights
         file that is missing or does not fit, conflicting trainer settings) and what does not fit together
-        (`check_recipe`) is a `RecipeError`, one line."""
+        (`check_recipe`) is a `RecipeError`, one line (a refusal inside a union-typed value, e.g. a curriculum
+        stage's, reduced to its reason)."""
         try:
             super().instantiate_classes()
             check_recipe(self.subcommand, self.model, self.datamodule, self.trainer)
         except (ValueError, KeyError, FileNotFoundError, MisconfigurationException) as err:
             message = err.args[0] if isinstance(err, KeyError) and err.args else err
-            raise RecipeError(str(message)) from None
+            raise RecipeError(short_reason(str(message))) from None
         refuse_weight_averaging_under_fsdp(self.trainer)
 
     def before_instantiate_classes(self) -> None:

@@ -26,6 +26,11 @@ class Stage:
     loss: Objective | None = None
     reset_lr: bool = False
 
+    def __post_init__(self) -> None:
+        """Refuse a loss table entry that is no term, naming the stage (see `Objective.check`)."""
+        if self.loss is not None:
+            self.loss.check(f"trainer.callbacks: CurriculumCallback stage {self.name!r}: loss")
+
 
 class CurriculumCallback(L.Callback):
     """Switches data mixture and loss weights between stages; the stage survives checkpoint/resume.

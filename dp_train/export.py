@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -26,12 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write the network's tensors under the reference's names (loadable by Apple's code with strict=True)."""
-    if args.out.suffix not in SUFFIXES:
-        print(f"error: --out {args.out} must end in one of {', '.join(SUFFIXES)}", file=sys.stderr)
-        return 2
-    if args.out.exists() and (args.out.is_dir() or not args.overwrite):
-        what = "is a directory" if args.out.is_dir() else "exists: pass --overwrite to replace it"
-        print(f"error: --out {args.out} {what}", file=sys.stderr)
+    problem = out_problem(args.out, args.ckpt, args.overwrite)
+    if problem:
+        print(f"error: --out {args.out} {problem}", file=sys.stderr)
         return 2
     try:
         state, shape = read_weights(args.ckpt)
@@ -44,6 +42,31 @@ def run(args: argparse.Namespace) -> int:
     save_state_dict(state, args.out, shape=shape)
     print(f"wrote {len(state)} tensors to {args.out}" + (f" (network {shape})" if shape else ""))
     return 0
+
+
+def out_problem(out: Path, ckpt: Path, overwrite: bool) -> str | None:
+    """Why `out` cannot be written, or None. The input itself (the same file after resolving links and relative
+    paths, or a file inside a sharded checkpoint directory) is refused even with `overwrite`: bare weights would
+    replace the training state. A folder on the way that is a file would fail only after reading the weights."""
+    if is_or_inside(out, ckpt):
+        return f"is, or lies inside, the checkpoint --ckpt {ckpt}: choose another file (the input is never replaced, " \
+               "even with --overwrite)"
+    if out.suffix not in SUFFIXES:
+        return f"must end in one of {', '.join(SUFFIXES)}"
+    folder = next(p for p in (out.parent.absolute(), *out.parent.absolute().parents) if p.exists())
+    if not folder.is_dir():
+        return f"cannot be written: {folder} is a file, not a folder"
+    if out.exists() and (out.is_dir() or not overwrite):
+        return "is a directory" if out.is_dir() else "exists: pass --overwrite to replace it"
+    return None
+
+
+def is_or_inside(out: Path, ckpt: Path) -> bool:
+    """True when `out` is the file `ckpt` (also through a link) or lies inside the directory `ckpt`."""
+    target = out.resolve()
+    if target == ckpt.resolve() or ckpt.resolve() in target.parents:
+        return True
+    return out.exists() and ckpt.exists() and os.path.samefile(out, ckpt)
 
 
 def check_shape(state: dict[str, torch.Tensor], shape: dict, ckpt: Path) -> None:

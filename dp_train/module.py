@@ -114,6 +114,7 @@ class DepthProModule(L.LightningModule):
         if init_from:
             load_weights(self.net, init_from, strict=init_strict)
         self.mode = mode
+        loss.check("model.loss")
         self.loss_weights = loss
         build_schedule(lr_schedule, warmup_steps, 1, min_lr_ratio, decay_at)  # refuse bad settings before any work
         self._freeze_for_mode()

@@ -5,7 +5,9 @@ tree: every union type it tried (`Does not validate against any of the Union sub
 subtype, each with the keys and classes it descended through (`Parser key "stages":`, `Problem with given
 class_path '...':`), then the value given, ~1,000 characters in all. `short_reason` keeps the path to the
 deepest failure (the subtype that matched the given class furthest) and its reason:
-`trainer.callbacks: CurriculumCallback: stages: Stage: Option 'mixtur.a' is not accepted`.
+`trainer.callbacks: CurriculumCallback: stages: Stage: Option 'mixtur.a' is not accepted`. A value that none of
+the union's types takes (`--trainer.precision=bf17`) is reported with the values and types they accept, not the
+first type's complaint (`Expected a <class 'int'>`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,11 @@ KEY = re.compile(r'^Parser key "(?P<name>[^"]+)":$')
 CLASS = re.compile(r"^Problem with given class_path '(?:[\w.]+\.)?(?P<name>\w+)':$")
 UNION = "Does not validate against any of the Union subtypes"
 NONE_TYPE = "Expected a <class 'NoneType'>"
+MISMATCH = ("Expected a ", "Not a valid subclass of ")
+"""How a union subtype that does not take the value at all (its type, not a value inside it, is wrong) begins."""
+LITERAL = re.compile(r"typing\.Literal\[([^\]]*)\]")
+TYPE_NAME = re.compile(r"<class '(?:[\w.]+\.)?(\w+)'>")
+MODULE_PATH = re.compile(r"\b(?:[A-Za-z_]\w*\.)+([A-Za-z_]\w*)")
 
 
 @dataclass
@@ -58,14 +65,29 @@ def reason_path(nodes: list[Node]) -> list[str]:
     if head.text == UNION:
         errors = next((node.children for node in nodes if node.text == "Errors:"), [])
         tried = [reason_path([item]) for item in errors if item.text != NONE_TYPE]
-        return max(tried, key=len, default=[head.text])
+        taken = [path for path in tried if len(path) > 1 or not path[0].startswith(MISMATCH)]
+        return max(taken, key=len) if taken else [accepted(nodes)]
     return [head.text]
+
+
+def accepted(nodes: list[Node]) -> str:
+    """`got VALUE; accepted: ...` from a union report's `Subtypes:` and `Given value:` lines: literal values as
+    written, types by their bare names, None as null."""
+    lines = {prefix: node.text.removeprefix(prefix) for node in nodes
+             for prefix in ("Subtypes: ", "Given value: ") if node.text.startswith(prefix)}
+    subtypes = lines.get("Subtypes: ", "").removeprefix("[").removesuffix("]")
+    for pattern in (LITERAL, TYPE_NAME, MODULE_PATH):
+        subtypes = pattern.sub(r"\1", subtypes)
+    given = lines.get("Given value: ", "?")
+    given = given if len(given) <= 60 else given[:57] + "..."
+    return f"got {given}; accepted: {subtypes.replace('NoneType', 'null')}"
 
 
 def short_reason(message: str) -> str:
     """The message on one line: a nested jsonargparse report as its deepest path and reason, any other
     message with its lines joined."""
     path = reason_path(parse_tree(message))
-    if len(path) > 1 and KEY.match(message.splitlines()[0].strip()):
+    first = message.splitlines()[0].strip() if message.strip() else ""
+    if (len(path) > 1 and KEY.match(first)) or first == UNION:
         return ": ".join(path)
     return " ".join(part.strip() for part in message.splitlines() if part.strip())

@@ -20,14 +20,26 @@ def check_recipe(subcommand: str | None, model: Any, datamodule: Any, trainer: A
     for key in ("train_sources", "val_sources", "test_sources"):
         check_names(f"data.{key}", getattr(datamodule, key))
         check_shard_lists(f"data.{key}", getattr(datamodule, key))
+    check_sources_for(subcommand, datamodule)
     if subcommand == "fit":
-        if not datamodule.train_sources:
-            raise ValueError("data.train_sources is empty: fit needs at least one training source")
         check_checkpoint_dirs(trainer)
         check_source_use("data.train_sources", datamodule.train_sources, getattr(model, "mode", "depth"))
         for callback in trainer.callbacks:
             if isinstance(callback, CurriculumCallback):
                 callback.check_mixtures(datamodule.source_names("train"))
+
+
+NEEDED_SOURCES = {"fit": ("train_sources", "training"), "validate": ("val_sources", "validation"),
+                  "test": ("test_sources", "test")}
+"""Subcommand -> the data key it reads and what its sources are called."""
+
+
+def check_sources_for(subcommand: str | None, datamodule: Any) -> None:
+    """`fit`, `validate` and `test` each need their own sources: without, `test` would fail in the data loader
+    and `validate` would end with no metrics and exit status 0."""
+    key, kind = NEEDED_SOURCES.get(subcommand or "", (None, None))
+    if key and not getattr(datamodule, key):
+        raise ValueError(f"data.{key} is empty: {subcommand} needs at least one {kind} source")
 
 
 def check_image_size(model: Any, datamodule: Any) -> None:

@@ -140,7 +140,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's torch checkpoint I/O, made safe against kills and clear about corrupt files."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
-        """Write `path` via a temporary file in the same folder and an atomic rename."""
+        """Write `path` via a temporary file in the same folder and an atomic rename; a write that fails (a full
+        disk) removes the temporary file, leaves the previous checkpoint as it was and is one CheckpointError."""
         if "://" in str(path):  # remote storage: fsspec writes the object in one request
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
@@ -152,6 +153,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+        except (OSError, RuntimeError) as err:
+            failure = unwritable_checkpoint(path, err)
+            if failure is None:
+                raise
+            raise failure from None
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -180,6 +186,19 @@ def unreadable_checkpoint(path: str | Path, err: Exception) -> CheckpointError:
     first_line = str(err).splitlines()[0] if str(err) else ""
     return CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {type(err).__name__}: "
                            f"{first_line}")
+
+
+def unwritable_checkpoint(path: Path, err: Exception) -> CheckpointError | None:
+    """The one-line CheckpointError for a checkpoint that could not be written, from the OSError behind `err`
+    (torch's zip writer reports a failed write as `[enforce fail at inline_container.cc] unexpected pos`, with
+    the OSError only as its context); None when no OSError lies behind it."""
+    cause: BaseException | None = err
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return None
+    return CheckpointError(f"cannot save checkpoint {path}: {cause.strerror or cause}; checkpoints saved before are "
+                           "kept (resume with --ckpt_path last once the cause is fixed)")
 
 
 def checkpoint_hparams(path: str | Path) -> dict:

@@ -89,3 +89,17 @@ def test_a_source_whose_index_lists_no_shards_is_one_error_line_before_any_work(
     assert main(["fit", "--recipe", str(recipe)]) == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "error: data.train_sources: source 'empty' has no shard URLs")
+
+
+@pytest.mark.parametrize(("command", "culprit"), [
+    ("validate", "data.val_sources is empty: validate needs at least one validation source"),
+    ("test", "data.test_sources is empty: test needs at least one test source"),
+])
+def test_an_evaluation_without_its_sources_is_one_error_line_before_any_work(tmp_path, capsys, command, culprit):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "trainer": {"logger": False}, "model": {"preset": "tiny", "network": {"vit_img_size": 128}},
+        "data": {"image_size": 512, "train_sources": [SOURCE], "num_workers": 0}}))
+    assert main([command, "--recipe", str(recipe)]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith(("error:", "Traceback"))]
+    assert errors == [f"error: {culprit}"]

@@ -24,11 +24,12 @@ def error_lines(capsys) -> list[str]:
     return [line for line in capsys.readouterr().err.splitlines() if line.startswith(("error:", "Traceback"))]
 
 
-def fit_with_stages(tmp_path, stages: list[dict], *overrides: str) -> int:
-    """Run `fit` on RECIPE with a curriculum of `stages`."""
+def fit_with_stages(tmp_path, stages: list[dict], *overrides: str, model: dict | None = None) -> int:
+    """Run `fit` on RECIPE (its `model` updated with `model`) with a curriculum of `stages`."""
     recipe = tmp_path / "r.yaml"
     callback = {"class_path": "dp_train.curriculum.CurriculumCallback", "init_args": {"stages": stages}}
-    recipe.write_text(yaml.safe_dump(RECIPE | {"trainer": RECIPE["trainer"] | {"callbacks": [callback]}}))
+    recipe.write_text(yaml.safe_dump(RECIPE | {"trainer": RECIPE["trainer"] | {"callbacks": [callback]},
+                                               "model": RECIPE["model"] | (model or {})}))
     return main(["fit", "--recipe", str(recipe), *overrides])
 
 
@@ -82,3 +83,28 @@ def test_a_bad_curriculum_stage_is_one_short_line_with_the_real_reason(tmp_path,
     errors = error_lines(capsys)
     assert stopped.value.code == 2 and len(errors) == 1 and len(errors[0]) < 300, errors
     assert errors[0].startswith(f"error: trainer.callbacks: CurriculumCallback: {reason} (see "), errors
+
+
+@pytest.mark.parametrize(("loss", "culprit"), [
+    ({"mae": -1.0}, "loss.mae=-1.0: must be a weight >= 0 or a mapping {weight, metric, non_metric, real, synthetic, "
+                    "ssi}"),
+    ({"mae": None}, "loss.mae=None: must be a weight >= 0 or a mapping"),
+    ({"mage": {"weight": None}}, "loss.mage.weight=None: must be a number >= 0"),
+    ({"mage": {"weight": 1.0, "real": None}}, "loss.mage.real=None: must be true or false"),
+])
+@pytest.mark.parametrize("where", ["stage", "model"])
+def test_a_bad_loss_table_entry_is_one_short_line_naming_its_key(tmp_path, capsys, loss, culprit, where):
+    stage = {"name": "one", "start_step": 0} | ({"loss": loss} if where == "stage" else {})
+    assert fit_with_stages(tmp_path, [stage], model={"loss": loss} if where == "model" else None) == 1
+    key = "trainer.callbacks: CurriculumCallback stage 'one': " if where == "stage" else "model."
+    errors = error_lines(capsys)
+    assert len(errors) == 1 and errors[0].startswith(f"error: {key}{culprit}") and len(errors[0]) < 200, errors
+
+
+def test_a_value_no_type_of_a_union_takes_is_refused_listing_what_is_accepted(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        fit_with_stages(tmp_path, [{"name": "one", "start_step": 0}], "--trainer.precision=bf17")
+    errors = error_lines(capsys)
+    assert len(errors) == 1 and errors[0].startswith(
+        "error: trainer.precision: got bf17; accepted: 64, 32, 16, 'transformer-engine', "), errors
+    assert "'bf16-mixed'" in errors[0] and errors[0].endswith(", null (see `dp_train fit --help`)"), errors

@@ -150,8 +150,10 @@ def test_derivative_losses_use_six_scales_by_default():
 def test_a_number_is_shorthand_for_a_term_on_every_sample_and_negative_weights_are_refused():
     assert Objective(mse=2.0).terms()["mse"] == Term(weight=2.0)
     assert Objective().rows() == {"mae": Term()}  # MAE is always computed (logged), the rest when weighted
-    with pytest.raises(ValueError, match="loss.msge.weight"):
-        Objective(msge=-1.0)
+    with pytest.raises(ValueError, match=r"^model.loss.msge=-1.0: must be a weight >= 0"):
+        Objective(msge=-1.0).check("model.loss")
+    with pytest.raises(ValueError, match=r"^model.loss.mage.real=None: must be true or false"):
+        Objective(mage=Term(real=None)).check("model.loss")
 
 
 KINDS = {"real metric": (True, False), "synthetic metric": (True, True),

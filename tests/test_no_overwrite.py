@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +102,40 @@ def test_export_refuses_an_existing_out_unless_overwrite(tmp_path, capsys, weigh
     assert len(torch.load(out, weights_only=True)) == len(load_file(weights))
 
 
+@pytest.mark.parametrize("spelling", ["same path", "relative path", "symlink", "hard link", "inside a sharded dir"])
+def test_export_never_writes_over_its_input_even_with_overwrite(tmp_path, capsys, monkeypatch, spelling):
+    run = tmp_path / "run"
+    run.mkdir()
+    ckpt = run / "last.ckpt"
+    if spelling == "inside a sharded dir":
+        ckpt.mkdir()
+        (ckpt / "__0_0.distcp").write_bytes(b"rank 0's shard")
+    else:
+        ckpt.write_bytes(b"weights, optimizer state and step")
+    monkeypatch.chdir(tmp_path)
+    out = {"same path": ckpt, "relative path": Path("run/../run/last.ckpt"), "symlink": run / "w.pt",
+           "hard link": run / "w.pt", "inside a sharded dir": ckpt / "w.safetensors"}[spelling]
+    if spelling == "symlink":
+        out.symlink_to(ckpt)
+    elif spelling == "hard link":
+        out.hardlink_to(ckpt)
+    before = contents(run)
+    assert main(["export", "--ckpt", str(ckpt), "--out", str(out), "--overwrite"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: --out {out} is, or lies inside, the checkpoint --ckpt {ckpt}: choose another file (the input is "
+        "never replaced, even with --overwrite)"]
+    assert contents(run) == before
+
+
+def test_export_into_a_folder_that_is_a_file_is_one_error_line(tmp_path, capsys, weights):
+    (tmp_path / "some_file.txt").write_text("the user's notes")
+    out = tmp_path / "some_file.txt" / "w.safetensors"
+    assert main(["export", "--ckpt", str(weights), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: --out {out} cannot be written: {tmp_path / 'some_file.txt'} is a file, not a folder"]
+    assert (tmp_path / "some_file.txt").read_text() == "the user's notes"
+
+
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
     """A tiny synthetic shard set."""
@@ -134,3 +170,41 @@ def test_fit_into_a_used_run_folder_keeps_the_earlier_config(tmp_path, shards):
     assert main(["fit", "--recipe", str(fit_recipe(tmp_path, shards, 2)),
                  "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt")]) == 0  # the same command again: nothing new
     assert sorted(p.name for p in tmp_path.glob("config*.yaml")) == ["config-v1.yaml", "config.yaml"]
+
+
+class FullDisk:
+    """A file whose writes fail with ENOSPC once `room` bytes are written, as on a full disk."""
+
+    def __init__(self, file, room: int) -> None:
+        self.file, self.room = file, room
+
+    def write(self, data: bytes) -> int:
+        """Write `data`, or raise OSError(ENOSPC) when it does not fit."""
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.file.write(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self.file, name)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_save_on_a_full_disk_is_one_error_line_and_keeps_the_previous_one(tmp_path, shards, capsys,
+                                                                                      monkeypatch):
+    assert main(["fit", "--recipe", str(fit_recipe(tmp_path, shards, 1))]) == 0
+    last = tmp_path / "ckpt" / "last.ckpt"
+    before = contents(last.parent)
+    real_save = torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, f, *args, **kwargs: real_save(obj, FullDisk(f, 4096), *args,
+                                                                                 **kwargs))
+    resume = ["fit", "--recipe", str(fit_recipe(tmp_path, shards, 2)), "--ckpt_path", str(last)]
+    capsys.readouterr()
+    assert main(resume) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith(("error:", "Traceback"))]
+    assert len(errors) == 1 and errors[0].startswith(f"error: cannot save checkpoint {last.parent}/"), errors
+    assert ".ckpt: No space left on device; checkpoints saved before are kept" in errors[0], errors
+    assert contents(last.parent) == before  # no partial file left, last.ckpt as it was
+    monkeypatch.setattr(torch, "save", real_save)  # room again: the run resumes from the kept checkpoint
+    assert main(resume) == 0
+    assert torch.load(last, weights_only=True)["global_step"] == 2

@@ -11,12 +11,14 @@ import time
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
+from dp_train.cli import main
 from dp_train.data.augment import EvalTransform, TrainTransform
 from dp_train.data.datamodule import DepthDataModule
 from dp_train.data.schema import SampleError, ShardWriter, decode_sample, encode_sample
-from dp_train.data.stream import DataError, SourceConfig, TrainStream, ValStream
+from dp_train.data.stream import DataError, SourceConfig, SourceHealth, TrainStream, ValStream, raw_records
 from tests.test_datamodule import SIZE, keys_of, plane_sample, raw_tar
 
 
@@ -130,3 +132,36 @@ def test_the_read_timeout_is_a_data_setting(tmp_path):
     dm = DepthDataModule(val_sources=[source], image_size=SIZE, num_workers=0, shard_read_timeout=2.5)
     dm.setup("validate")
     assert dm.val_stream.read_timeout == 2.5
+
+
+@pytest.mark.parametrize("damage", ["truncated", "emptied"])
+def test_a_damaged_validation_shard_counts_every_sample_it_lost(tmp_path, capsys, damage):
+    """One of three shards of 10 samples damaged: up to a third of the set, which must fail the 5 % guard
+    (counted as one bad record, it passed it: 1 of 21). A shard deleted before the run is refused by its index."""
+    with ShardWriter(tmp_path, "v", max_samples=10) as writer:
+        for i in range(30):
+            writer.write(plane_sample(f"v-{i}"))
+    shard = tmp_path / json.loads(writer.index_path.read_text())["shards"][1]["name"]
+    shard.write_bytes(shard.read_bytes()[:shard.stat().st_size // 2] if damage == "truncated" else b"")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "trainer": {"logger": False, "accelerator": "cpu", "enable_progress_bar": False},
+        "model": {"preset": "tiny", "network": {"vit_img_size": 128}, "boundary_metrics": False,
+                  "log_images_every_n_val_steps": 0},
+        "data": {"image_size": 512, "num_workers": 0, "val_sources": [{"name": "v", "urls": str(writer.index_path)}]}}))
+    assert main(["validate", "--recipe", str(recipe)]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith(("error:", "Traceback"))]
+    assert len(errors) == 1 and errors[0].startswith("error: source 'v': "), errors
+    bad, seen = map(int, errors[0].split(": ")[2].split(" records failed")[0].split(" of "))
+    assert seen == 30 and bad >= 5 and f"last: shard {shard}: " in errors[0] and "; its index lists 10" in errors[0]
+
+
+def test_a_shard_lost_after_its_index_was_read_counts_the_samples_it_held(tmp_path):
+    """A shard that disappears mid-run (a network mount gone) weighs what its index says it held."""
+    raw_tar(tmp_path / "a.tar", [encode_sample(plane_sample(f"k-{i}")) for i in range(3)])
+    health = SourceHealth("s", max_bad_fraction=1.0, min_records=50)
+    sizes = {str(tmp_path / "a.tar"): 3, str(tmp_path / "gone.tar"): 40}
+    records = list(raw_records(list(sizes), 2, 1, health, sizes))  # this reader keeps every 2nd sample from 1
+    assert [r["__key__"] for r in records] == ["k-1"]
+    assert (health.bad, health.seen) == (20, 20)
+    assert health.last_reason.startswith(f"shard {tmp_path / 'gone.tar'}: FileNotFoundError: No such file")

@@ -47,7 +47,8 @@ class DepthDataModule(L.LightningDataModule):
         seed: seeds every shuffle, mixture draw and augmentation.
         max_bad_fraction: a source failing more often than this stops the run.
         shard_read_timeout: seconds a shard may deliver no data (a hung network mount) before it fails like an
-            unreadable shard, instead of hanging the loader.
+            unreadable shard, instead of hanging the loader. Lower it to notice a hung mount sooner:
+            `--data.shard_read_timeout=30`, or `shard_read_timeout: 30` under `data:` in a recipe.
     """
 
     def __init__(

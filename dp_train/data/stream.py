@@ -159,18 +159,21 @@ class SourceHealth:
     bad: int = 0
     unreported: int = 0
     last_warning: float = field(default=0.0)
+    last_reason: str = ""
 
     def record_ok(self) -> None:
         """Count one good record."""
         self.seen += 1
 
-    def record_bad(self, reason: str) -> None:
-        """Count one bad record or shard, warn (rate-limited), and stop if the source is mostly broken."""
-        self.seen += 1
-        self.bad += 1
-        self.unreported += 1
+    def record_bad(self, reason: str, count: int = 1) -> None:
+        """Count `count` bad records (one record, or the samples a lost shard held), warn (rate-limited), and
+        stop if the source is mostly broken."""
+        self.seen += count
+        self.bad += count
+        self.unreported += count
+        self.last_reason = reason
         now = time.monotonic()
-        if self.bad <= 3 or now - self.last_warning > 60:
+        if self.bad - count < 3 or now - self.last_warning > 60:
             log.warning("skipping bad data in source %r (%d so far): %s", self.name, self.bad, reason)
             self.last_warning = now
         if self.seen >= self.min_records and self.bad > self.max_bad_fraction * self.seen:
@@ -184,7 +187,7 @@ class SourceHealth:
         it at the end of a source: a small or fully unreadable set never reaches the running guard's minimum)."""
         if self.bad > self.max_bad_fraction * self.seen:
             raise DataError(f"source {self.name!r}: {self.bad} of {self.seen} records failed "
-                            f"(more than {self.max_bad_fraction:.0%})")
+                            f"(more than {self.max_bad_fraction:.0%}); last: {self.last_reason}")
 
     def take_unreported(self) -> int:
         """Bad records since the previous call (reported once with a batch)."""
@@ -203,20 +206,18 @@ def raw_records(shards: list[str], stride: int, offset: int, health: SourceHealt
                 sizes: dict[str, int] | None = None, timeout: float = DEFAULT_READ_TIMEOUT) -> Iterator[dict]:
     """Raw webdataset records of `shards`, keeping every `stride`-th from `offset`.
 
-    A shard that cannot be opened or is cut short counts as one bad record
-    (webdataset may report the same broken stream at several levels). A key met
-    again in this pass is a bad record, not read twice. With `sizes` (samples per
-    shard from its index), a shard that ends with fewer or more records than its
-    index lists (a damaged tar header ends a tar early) counts the difference as bad.
-    A shard that delivers no bytes for `timeout` seconds fails like an unreadable one.
+    A shard that cannot be opened, is cut short or stalls (delivers no bytes for `timeout` seconds) counts as
+    one bad record, or, with `sizes` (samples per shard from its index), as the samples of it this reader
+    would have kept and did not: a lost shard weighs what it held (webdataset may report the same broken
+    stream at several levels: counted once). A shard that ends without error with fewer or more records than
+    its index lists (a damaged tar header ends a tar early) counts the difference as bad. A key met again in
+    this pass is a bad record, not read twice.
     """
     keys: set[str] = set()
     for url in shards:
         failed: list[Exception] = []
 
         def on_error(err: Exception) -> bool:
-            if not failed:
-                health.record_bad(f"shard {url}: {describe_error(err)}")
             failed.append(err)
             return True
 
@@ -230,10 +231,23 @@ def raw_records(shards: list[str], stride: int, offset: int, health: SourceHealt
                         continue
                     keys.add(record["__key__"])
                     yield record
-        if sizes is not None and url in sizes and not failed and count + 1 != sizes[url]:
-            missing = len(range(offset, sizes[url], stride)) - len(range(offset, count + 1, stride))
-            for _ in range(max(abs(missing), 1)):
-                health.record_bad(f"shard {url}: holds {count + 1} samples, its index lists {sizes[url]}")
+        expected = sizes.get(url) if sizes is not None else None
+        lost = lost_records(count + 1, expected, stride, offset, bool(failed))
+        if lost:
+            what = describe_error(failed[0]) if failed else "its tar ended"
+            listed = f"; its index lists {expected}" if expected is not None else ""
+            health.record_bad(f"shard {url}: {what} after {count + 1} samples{listed}", lost)
+
+
+def lost_records(read: int, expected: int | None, stride: int, offset: int, failed: bool) -> int:
+    """Bad records for a shard of which `read` records were read (`expected`: its index's count, None when
+    unknown): none for a shard read whole, else this reader's share (every `stride`-th from `offset`) of the
+    difference, at least one."""
+    if not failed and (expected is None or read == expected):
+        return 0
+    if expected is None:
+        return 1
+    return max(abs(len(range(offset, expected, stride)) - len(range(offset, read, stride))), 1)
 
 
 def shuffled(records: Iterator[dict], buffer: int, rng: np.random.Generator) -> Iterator[dict]:

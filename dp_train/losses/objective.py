@@ -24,16 +24,28 @@ Choices the paper leaves open, and ours:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 
 from dp_train.losses.terms import derivative_losses, mae, mse, ssi_normalize
+from dp_train.ranges import Range
 
 PIXEL_TERMS = {"mae": mae, "mse": mse}
 """Pixelwise terms: name -> per-image function (pred, target, valid, trim_fraction)."""
 DERIVATIVE_TERMS = ("mage", "male", "msge")
 """Multi-scale derivative terms (Eq. 2), computed together by `derivative_losses`."""
+WEIGHT = Range(0)
+"""A term's weight: finite and >= 0."""
+FLAGS = ("metric", "non_metric", "real", "synthetic", "ssi")
+"""A `Term`'s true/false fields."""
+
+
+def is_weight(value: Any) -> bool:
+    """True for a number (not a bool) that is finite and >= 0."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and WEIGHT.holds(value)
 
 
 @dataclass(frozen=True)
@@ -79,11 +91,27 @@ class Objective:
     msge: Term | float = 0.0
     """Mean squared Scharr-gradient error over the pyramid (L_{S,2,M})."""
 
-    def __post_init__(self) -> None:
-        """Refuse negative weights, naming the term."""
-        for name, term in self.terms().items():
-            if term.weight < 0:
-                raise ValueError(f"loss.{name}.weight must be >= 0, got {term.weight}")
+    def check(self, key: str) -> None:
+        """Raise ValueError `KEY.term=value: must be ...` for the first entry that is no weight >= 0 (a number) or
+        true/false flag. Called by the module (`model.loss`) and each curriculum stage with their recipe key: inside
+        jsonargparse's instantiation a failing Objective is reported as a ~1,000-character union error naming
+        neither."""
+        for path, value, expected in self.problems():
+            raise ValueError(f"{key}.{path}={value!r}: must be {expected}")
+
+    def problems(self) -> Iterator[tuple[str, Any, str]]:
+        """(term or term.field, value, what it must be) for every entry that cannot be used (a recipe's null,
+        negative or non-finite weight, a flag that is not true/false)."""
+        for name in (f.name for f in fields(self)):
+            value = getattr(self, name)
+            if not isinstance(value, Term):
+                if not is_weight(value):
+                    yield name, value, f"a weight {WEIGHT} or a mapping {{weight, {', '.join(FLAGS)}}}"
+                continue
+            yield from ((f"{name}.{flag}", getattr(value, flag), "true or false")
+                        for flag in FLAGS if not isinstance(getattr(value, flag), bool))
+            if not is_weight(value.weight):
+                yield f"{name}.weight", value.weight, f"a number {WEIGHT}"
 
     def terms(self) -> dict[str, Term]:
         """Every term as a `Term` (number shorthand expanded), by name."""
