@@ -145,7 +145,8 @@ def test_a_damaged_validation_shard_counts_every_sample_it_lost(tmp_path, capsys
     shard.write_bytes(shard.read_bytes()[:shard.stat().st_size // 2] if damage == "truncated" else b"")
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump({
-        "trainer": {"logger": False, "accelerator": "cpu", "enable_progress_bar": False},
+        "trainer": {"logger": False, "accelerator": "cpu", "enable_progress_bar": False,
+                    "default_root_dir": str(tmp_path)},
         "model": {"preset": "tiny", "network": {"vit_img_size": 128}, "boundary_metrics": False,
                   "log_images_every_n_val_steps": 0},
         "data": {"image_size": 512, "num_workers": 0, "val_sources": [{"name": "v", "urls": str(writer.index_path)}]}}))
