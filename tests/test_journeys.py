@@ -49,8 +49,8 @@ def checkout(path: Path) -> Path:
 
 def tiny_override(path: Path, name: str, steps: int, **sections: dict) -> Path:
     """Write a tiny override for a full-size recipe: one CPU process in float32, `steps` steps logged every step to
-    CSV (`runs/<name>/csv`), the toy start's network shape, batch 2 at the network's input size, no data workers, no
-    gradient accumulation. `sections` (`trainer`, `model`, `data`, top-level keys) are merged on top, key by key."""
+    CSV (`runs/<name>/csv`), no sanity validation, the toy start's network shape, batch 1 at the network's input
+    size, no data workers, no gradient accumulation. `sections` (`trainer`, `model`, `data`, top-level keys) are merged on top, key by key."""
     override = {
         "trainer": {
             "accelerator": "cpu", "devices": 1, "num_nodes": 1, "strategy": "auto", "precision": "32-true",
@@ -59,7 +59,7 @@ def tiny_override(path: Path, name: str, steps: int, **sections: dict) -> Path:
                        "init_args": {"save_dir": f"runs/{name}", "name": "csv"}},
         },
         "model": {"preset": QUICKSTART_MODEL["preset"], "network": TINY_NETWORK},
-        "data": {"image_size": IMAGE_SIZE, "batch_size": 2, "global_batch_size": None, "num_workers": 0,
+        "data": {"image_size": IMAGE_SIZE, "batch_size": 1, "global_batch_size": None, "num_workers": 0,
                  "pin_memory": False},
     }
     for key, values in sections.items():
@@ -215,7 +215,7 @@ def test_finetune_on_your_data_then_export_and_predict_metric_depth(tmp_path):
 
 # ----------------------------------------------------------------------------- 2. the FOV stage on photos
 
-FOCAL_SEEDS = range(7_200_000, 7_200_006)
+FOCAL_SEEDS = range(7_200_000, 7_200_004)
 
 
 def write_exif_photos(folder: Path, seeds: range, size: tuple[int, int] = (96, 128)) -> dict[str, float]:
@@ -256,13 +256,14 @@ def test_fov_stage_on_exif_photos_fits_their_focal_lengths(tmp_path):
     assert {k: s.meta.f_px for k, s in photos.items()} == pytest.approx(focal, rel=1e-6)
     constant = best_constant_error(list(focal.values()))
 
-    steps = 30
+    steps = 12
     override = tiny_override(
         work / "tiny_override.yaml", "fov", steps=steps, report_validation=True,
         trainer={"val_check_interval": steps, "check_val_every_n_epoch": None},
-        # the learning rates of a short fit (fov.yaml's are for 20k steps), constant; whole frames, no colour
-        # change: the head is scored on the photos exactly as it sees them
-        model={"init_from": "weights/toy_start.safetensors", "lr_encoder": 1e-3, "lr_decoder": 1e-3,
+        # every photo in every batch at a constant learning rate that fits them in a few steps (fov.yaml's are
+        # for 20k steps: at 1e-3 the error moved from 0.34 to 0.30 in 15 steps); whole frames, no colour change:
+        # the head is scored on the photos exactly as it trained on them
+        model={"init_from": "weights/toy_start.safetensors", "lr_encoder": 1e-2, "lr_decoder": 1e-2,
                "warmup_steps": 0, "decay_at": 1.0},
         data={"train_sources": [{"name": "photos", "urls": "shards/photos/photos.index.json"}],
               "val_sources": [{"name": "photos_val", "urls": "shards/photos/photos.index.json"}],
@@ -408,12 +409,11 @@ def paper_workspace(tmp_path_factory) -> Path:
 
 
 def paper_override(work: Path, name: str, steps: int, recipes: list[str], **sections: dict) -> Path:
-    """The tiny override of the paper's recipes: batch 1, and the toy start where the layered recipes start from
-    DINOv2 (no `model.init_from`)."""
+    """The tiny override of the paper's recipes: the toy start where the layered recipes start from DINOv2 (no
+    `model.init_from`)."""
     starts = [yaml.safe_load((work / r).read_text()).get("model", {}).get("init_from") for r in recipes]
     model = {} if any(starts) else {"init_from": "weights/toy_start.safetensors"}
     sections["model"] = model | sections.get("model", {})
-    sections["data"] = {"batch_size": 1} | sections.get("data", {})
     return tiny_override(work / f"tiny_{name}.yaml", name, steps, **sections)
 
 
@@ -469,7 +469,7 @@ def test_curriculum_switches_objective_and_mixture_at_the_stage_step(paper_works
     the last stage of the last callback): at the switch, stage 2's objective and its 9-set mixture are in force,
     and the checkpoint holds stage 2."""
     work = paper_workspace
-    switch, steps = 2, 4
+    switch, steps = 2, 3
     override = paper_override(work, "curriculum", steps, ["recipes/curriculum.yaml"])
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)
@@ -500,7 +500,7 @@ def test_each_ablation_recipe_runs_two_steps_with_its_objective(paper_workspace,
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)
         fit(*[w for r in recipes for w in ("--recipe", r)], "--recipe", str(override))
-    loss = yaml.safe_load((REPO / "recipes" / "ablations" / f"{ablation}.yaml").read_text())["model"].get("loss")
+    loss = yaml.safe_load((REPO / "recipes" / "ablations" / f"{ablation}.yaml").read_text()).get("model", {}).get("loss")
     if loss is not None:
         weighted = {t for t, w in loss.items() if (w["weight"] if isinstance(w, dict) else w)} | {"mae"}
         assert loss_terms(work, f"ablation_{ablation}") == weighted
