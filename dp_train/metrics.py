@@ -6,7 +6,9 @@ synchronise across DDP processes with the usual `dist_reduce_fx` reductions:
 
 - metric depth (`depth_metrics`, `DepthMetrics`): AbsRel, log10, delta1-3,
   SI-Log and RMSE (the paper's Tab. 1 and 4 set, RMSE an extra), each over an
-  image's valid pixels, then averaged over images;
+  image's valid pixels, then averaged over images; for relative ground truth,
+  AbsRel and delta1 after a per-image scale-and-shift alignment
+  (`AlignedDepthMetrics`);
 - the Depth Pro paper's scale-invariant boundary metrics (`si_boundary_f1`,
   `si_boundary_recall`, `BoundaryF1`, `BoundaryRecall`), defined exactly as in
   Apple's public evaluation code (occluding contours from neighbour depth
@@ -28,7 +30,9 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 __all__ = [
+    "ALIGNED_METRIC_NAMES",
     "ALPHA_THRESHOLD",
+    "AlignedDepthMetrics",
     "BOUNDARY_THRESHOLDS",
     "BOUNDARY_WEIGHTS",
     "BoundaryF1",
@@ -161,6 +165,21 @@ class DepthMetrics(Metric):
         """Mean of the per-image metrics over all images seen (and all processes)."""
         means = self.sums / self.images
         return {name: means[i] for i, name in enumerate(DEPTH_METRIC_NAMES)}
+
+
+class AlignedDepthMetrics(DepthMetrics):
+    """AbsRel and delta1 of relative (non-metric) sources after per-image scale-and-shift alignment
+    (`evaluation.EvaluatedImage.aligned`), as `abs_rel_aligned` / `delta1_aligned`: their ground truth has no
+    metres, so the unaligned metrics do not apply."""
+
+    def compute(self) -> dict[str, Tensor]:
+        """The mean aligned AbsRel and delta1 over images (NaN before any image)."""
+        means = super().compute()
+        return {f"{name}_aligned": means[name] for name in ALIGNED_METRIC_NAMES}
+
+
+ALIGNED_METRIC_NAMES = ("abs_rel", "delta1")
+"""The depth metrics reported for relative sources, after alignment (keys gain the suffix `_aligned`)."""
 
 
 # ---------------------------------------------------------------------------

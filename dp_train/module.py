@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any, Literal
 
 import lightning as L
@@ -10,11 +11,12 @@ import numpy as np
 import torch
 from torch import nn
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
-from torchmetrics import MetricCollection
+from torchmetrics import Metric, MetricCollection
+from torchmetrics.aggregation import SumMetric
 
 from dp_train.evaluation import EvaluatedImage, evaluated_images, focal_from_fov
 from dp_train.losses import Objective, depth_objective, fov_objective
-from dp_train.metrics import BoundaryF1, BoundaryRecall, DepthMetrics, FocalMetrics
+from dp_train.metrics import AlignedDepthMetrics, BoundaryF1, BoundaryRecall, DepthMetrics, FocalMetrics
 from dp_train.model import DepthProConfig, build_depth_pro, load_weights
 from dp_train.ranges import POSITIVE, Range, check_ranges
 from dp_train.resume import gather_per_rank, own_entry, rng_state, set_rng_state
@@ -37,6 +39,15 @@ def build_network(preset: str, network: dict[str, Any] | None) -> nn.Module:
     except TypeError as err:
         raise ValueError(f"model.network: {err}".replace("DepthProConfig.__init__() ", "")) from None
     return build_depth_pro(cfg)
+
+
+def computed(metric: Metric) -> Any:
+    """The metric's value; one that no image of this rank updated (a source whose ground truth does not feed
+    it, e.g. depth metrics of a matte set: NaN) is computed without torchmetrics' warning about it."""
+    with warnings.catch_warnings():
+        if not metric.update_called:
+            warnings.filterwarnings("ignore", message=r".*was called before the ``update`` method")
+        return metric.compute()
 
 
 class DepthProModule(L.LightningModule):
@@ -181,7 +192,8 @@ class DepthProModule(L.LightningModule):
                     self.eval_metrics[f"{split}__{name}"] = self._metric_collection()
 
     def _metric_collection(self) -> MetricCollection:
-        metrics = {"depth": DepthMetrics(), "focal": FocalMetrics()}
+        metrics = {"depth": DepthMetrics(), "aligned": AlignedDepthMetrics(), "focal": FocalMetrics(),
+                   "empty_images": SumMetric()}
         if self.hparams.boundary_metrics:
             metrics |= {"boundary_f1": BoundaryF1(), "boundary_recall": BoundaryRecall()}
         return MetricCollection(metrics, compute_groups=False)
@@ -315,10 +327,16 @@ class DepthProModule(L.LightningModule):
 
     @staticmethod
     def _update_image_metrics(metrics: MetricCollection, image: EvaluatedImage, fov: torch.Tensor | None) -> None:
-        """One image's contribution: depth metrics (true focal length), focal error, boundary F1 (metric,
-        non-sparse ground truth; pairs with an invalid pixel left out) and boundary recall (with a matte)."""
+        """One image's contribution, by what its ground truth holds: depth metrics (metric depth, true focal
+        length), aligned AbsRel / delta1 (relative depth), focal error (a known focal length), boundary F1
+        (metric, non-sparse depth; pairs with an invalid pixel left out), boundary recall (a matte); an image
+        written with depth but with no pixel to score is counted (`empty_images`)."""
         if image.has_depth:
             metrics["depth"].update(image.depth()[None], image.gt_depth[None], image.valid[None])
+        if image.relative_valid.any():
+            metrics["aligned"].update(*(x[None] for x in image.aligned()))
+        if image.is_empty:
+            metrics["empty_images"].update(1.0)
         if fov is not None:
             metrics["focal"].update(focal_from_fov(fov, image.width), image.f_px)
         if "boundary_f1" in metrics:
@@ -341,7 +359,7 @@ class DepthProModule(L.LightningModule):
             name = key.split("__", 1)[1]
             values = {}
             for group, metric in collection.items():
-                result = metric.compute()
+                result = computed(metric)
                 values |= result if isinstance(result, dict) else {group: result}
                 metric.reset()
             for metric_name, value in values.items():

@@ -10,6 +10,7 @@ import os
 from typing import Any
 
 from dp_train.curriculum import CurriculumCallback
+from dp_train.data.stream import check_source_use
 
 
 def check_recipe(subcommand: str | None, model: Any, datamodule: Any, trainer: Any) -> None:
@@ -23,6 +24,7 @@ def check_recipe(subcommand: str | None, model: Any, datamodule: Any, trainer: A
         if not datamodule.train_sources:
             raise ValueError("data.train_sources is empty: fit needs at least one training source")
         check_checkpoint_dirs(trainer)
+        check_source_use("data.train_sources", datamodule.train_sources, getattr(model, "mode", "depth"))
         for callback in trainer.callbacks:
             if isinstance(callback, CurriculumCallback):
                 callback.check_mixtures(datamodule.source_names("train"))

@@ -35,6 +35,7 @@ from torch import Tensor
 from dp_train.evaluation import EvaluatedImage, evaluated_images, focal_from_fov
 from dp_train.metrics import (
     BOUNDARY_THRESHOLDS,
+    ALIGNED_METRIC_NAMES,
     BOUNDARY_WEIGHTS,
     DEPTH_METRIC_NAMES,
     depth_metrics,
@@ -57,10 +58,11 @@ PANEL_SIDE = 128
 THRESHOLD_COLUMNS = [f"boundary_f1@{t:.3f}" for t in BOUNDARY_THRESHOLDS]
 DEPTH_COLUMNS = list(DEPTH_METRIC_NAMES)
 PRED_FOCAL_COLUMNS = [f"{c}_fpred" for c in DEPTH_COLUMNS]
-IMAGE_COLUMNS = (["dataset", "key"] + DEPTH_COLUMNS + PRED_FOCAL_COLUMNS
+ALIGNED_COLUMNS = [f"{c}_aligned" for c in ALIGNED_METRIC_NAMES]
+IMAGE_COLUMNS = (["dataset", "key", "empty"] + DEPTH_COLUMNS + PRED_FOCAL_COLUMNS + ALIGNED_COLUMNS
                  + ["boundary_f1", "boundary_recall", "f_true", "f_pred", "focal_rel_error"] + THRESHOLD_COLUMNS)
 """Columns of `per_image.csv`; NaN (written empty) where a value does not apply."""
-DATASET_COLUMNS = (["dataset", "n_images"] + DEPTH_COLUMNS + PRED_FOCAL_COLUMNS
+DATASET_COLUMNS = (["dataset", "n_images", "empty_images"] + DEPTH_COLUMNS + PRED_FOCAL_COLUMNS + ALIGNED_COLUMNS
                    + ["boundary_f1", "boundary_recall", "focal_median_rel_error", "focal_share_below_25",
                       "focal_share_below_50"] + THRESHOLD_COLUMNS)
 """Columns of `per_dataset.csv`: image counts, means over images (NaN skipped) and focal statistics."""
@@ -84,6 +86,14 @@ def _depth_columns(pred_depth: Tensor, image: EvaluatedImage, suffix: str) -> Ro
     """One image's depth metrics (NaN without valid pixels), keyed `<name><suffix>`."""
     values = depth_metrics(pred_depth[None], image.gt_depth[None], image.valid[None])
     return {f"{name}{suffix}": float(values[name][0]) for name in DEPTH_COLUMNS}
+
+
+def _aligned_columns(image: EvaluatedImage) -> Row:
+    """A relative image's AbsRel and delta1 after per-image scale-and-shift alignment (NaN otherwise)."""
+    if not image.relative_valid.any():
+        return dict.fromkeys(ALIGNED_COLUMNS, math.nan)
+    values = depth_metrics(*(x[None] for x in image.aligned()))
+    return {f"{name}_aligned": float(values[name][0]) for name in ALIGNED_METRIC_NAMES}
 
 
 def _depth_histogram(pred_depth: np.ndarray, gt_depth: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -174,10 +184,10 @@ class EvaluationReport(Callback):
         """Metrics, depth histograms and worst-case candidates of the chosen images."""
         for image in evaluated_images(pred, batch, chosen):
             i = image.index
-            row = {"dataset": names[int(batch["source"][i])], "key": batch["key"][i]}
+            row = {"dataset": names[int(batch["source"][i])], "key": batch["key"][i], "empty": int(image.is_empty)}
             pred_depth = image.depth()
             row |= _depth_columns(pred_depth, image, "") | self._focal_columns(image, None if fov is None else fov[i])
-            row |= _boundary_columns(image)
+            row |= _aligned_columns(image) | _boundary_columns(image)
             self._add(row, _depth_histogram(pred_depth.cpu().numpy(), image.gt_depth.cpu().numpy(),
                                             image.valid.cpu().numpy()))
             self._offer_worst(row, batch, i, pred)
@@ -261,8 +271,9 @@ def summarize(rows: list[Row], datasets: list[str]) -> list[Row]:
     summary = []
     for name in datasets:
         own = [r for r in rows if r["dataset"] == name]
-        means = {c: nan_mean([r[c] for r in own]) for c in DATASET_COLUMNS if c in IMAGE_COLUMNS[2:]}
-        summary.append({"dataset": name, "n_images": len(own)} | means
+        means = {c: nan_mean([r[c] for r in own]) for c in DATASET_COLUMNS if c in IMAGE_COLUMNS[3:]}
+        empty = sum(r["empty"] for r in own)
+        summary.append({"dataset": name, "n_images": len(own), "empty_images": empty} | means
                        | focal_summary([r["focal_rel_error"] for r in own]))
     return summary
 
@@ -369,9 +380,11 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 SUMMARY_TABLE = [
-    ("n images", "n_images", False), ("AbsRel", "abs_rel", False), ("δ1", "delta1", True),
+    ("n images", "n_images", False), ("empty images", "empty_images", False), ("AbsRel", "abs_rel", False),
+    ("δ1", "delta1", True),
     ("RMSE (m)", "rmse", False), ("AbsRel, pred. f", "abs_rel_fpred", False), ("δ1, pred. f", "delta1_fpred", True),
-    ("RMSE, pred. f", "rmse_fpred", False), ("boundary F1", "boundary_f1", False),
+    ("RMSE, pred. f", "rmse_fpred", False), ("AbsRel, aligned", "abs_rel_aligned", False),
+    ("δ1, aligned", "delta1_aligned", True), ("boundary F1", "boundary_f1", False),
     ("boundary recall", "boundary_recall", False), ("focal median rel. error", "focal_median_rel_error", True),
     ("focal < 25 %", "focal_share_below_25", True), ("focal < 50 %", "focal_share_below_50", True),
 ]
@@ -398,14 +411,18 @@ def _paper_cell(value: Any, digits: int) -> str:
 
 
 def markdown_report(summary: list[Row], edges_m: np.ndarray, curves: dict[str, np.ndarray], worst: list[Row],
-                    plots: list[str], tables: list[tuple[PaperTable, list[str], list[Row]]] = ()) -> str:
-    """report.md: the per-dataset table, the paper's tables, the error-vs-depth table, the worst images and
-    links to the plots."""
+                    plots: list[str], tables: list[tuple[PaperTable, list[str], list[Row]]] = (),
+                    empty: list[Row] = ()) -> str:
+    """report.md: the per-dataset table, the paper's tables, the error-vs-depth table, the worst images, the
+    images with nothing to score and links to the plots."""
     lines = ["# Evaluation report", "",
              "Metric depth with the ground-truth focal length, and with the FOV head's predicted focal length "
              "(\"pred. f\"), at the ground truth's own resolution (the prediction resized bilinearly to it), "
              "inside each source's `depth_range`. Means over images; boundary F1 on metric, non-sparse depth ground "
              "truth (neighbour pairs with an invalid pixel left out), boundary recall on images with a matte; "
+             "relative (non-metric) depth: AbsRel and δ1 after aligning each prediction to its ground truth by "
+             "least-squares scale and shift in inverse depth (\"aligned\"); \"empty images\": images with depth "
+             "ground truth but no pixel to score (listed below), left out of every mean; "
              "'–': not applicable. Per image, with every metric: [per_image.csv](per_image.csv), per dataset: "
              "[per_dataset.csv](per_dataset.csv).", ""]
     lines += _table(["dataset"] + [h for h, _, _ in SUMMARY_TABLE],
@@ -419,6 +436,11 @@ def markdown_report(summary: list[Row], edges_m: np.ndarray, curves: dict[str, n
     if worst:
         lines += ["", f"## Worst {len(worst)} images by AbsRel", ""]
         lines += _table(["dataset", "key", "AbsRel"], [[w["dataset"], w["key"], _fmt(w["abs_rel"])] for w in worst])
+    if empty:
+        lines += ["", f"## {len(empty)} images with nothing to score", "",
+                  "Written with depth, but no pixel inside the source's `depth_range` (or the metric depth limits).",
+                  ""]
+        lines += _table(["dataset", "key"], [[row["dataset"], row["key"]] for row in empty])
     lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in plots]
     return "\n".join(lines) + "\n"
 
@@ -438,7 +460,8 @@ def write_report(out_dir: Path, rows: list[Row], datasets: list[str], histograms
     edges_m = FINE_DEPTH_EDGES[edges]
     _write_depth_csv(out_dir / "error_vs_depth.csv", edges_m, curves)
     plots = _write_plots(out_dir, rows, datasets, summary, edges_m, curves, worst)
-    (out_dir / "report.md").write_text(markdown_report(summary, edges_m, curves, worst, plots, tables))
+    empty = [row for row in rows if row["empty"]]
+    (out_dir / "report.md").write_text(markdown_report(summary, edges_m, curves, worst, plots, tables, empty))
 
 
 def _write_depth_csv(path: Path, edges_m: np.ndarray, curves: dict[str, np.ndarray]) -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
 import subprocess
 import sys
 import tarfile
+import threading
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,6 +20,7 @@ import torch
 
 from dp_train.data.augment import AugmentConfig, EvalTransform, TrainTransform
 from dp_train.data.datamodule import DepthDataModule
+from dp_train.data.loader import wait_for_exit
 from dp_train.data.schema import SampleMeta, ShardWriter, encode_sample, make_sample
 from dp_train.data.stream import DataError, SourceConfig, TrainStream
 from tests.helpers.cli import child_env
@@ -145,6 +148,23 @@ def test_a_fork_server_preloads_every_module_its_workers_unpickle(tmp_path):
 def test_an_unknown_worker_start_method_is_refused_naming_the_key():
     with pytest.raises(ValueError, match=r"^data.worker_start_method='threads': choose one of"):
         datamodule(worker_start_method="threads")
+
+
+@pytest.mark.parametrize("pidfd", [True, False], ids=["pidfd", "polled"])
+def test_a_worker_learns_at_once_that_its_owner_was_killed(monkeypatch, pidfd):
+    """What ends a dataloader worker with its training process (`end_with_owner`): waiting for a process lasts
+    as long as it lives, and no longer once it is killed; without pidfds (macOS) too, once it is reaped."""
+    if not pidfd:
+        monkeypatch.delattr(os, "pidfd_open")
+    owner = subprocess.Popen(["sleep", "60"])
+    waiter = threading.Thread(target=wait_for_exit, args=(owner.pid,), daemon=True)
+    waiter.start()
+    waiter.join(timeout=0.5)
+    assert waiter.is_alive()
+    owner.kill()
+    owner.wait()
+    waiter.join(timeout=5)
+    assert not waiter.is_alive()
 
 
 def test_mixing_weights_are_honoured(tmp_path):

@@ -1,8 +1,10 @@
 """A run killed with SIGKILL at any moment and restarted with `--ckpt_path last` ends exactly where an
-uninterrupted run ends: same samples from the stream, optimizer, schedule, EMA, curriculum and RNG."""
+uninterrupted run ends: same samples from the stream, optimizer, schedule, EMA, curriculum and RNG. A rank
+killed alone takes every process of its run with it."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -82,13 +84,18 @@ def start_fit(run: Path, recipe: Path, *extra: str) -> subprocess.Popen:
                                 stderr=log, start_new_session=True)
 
 
-def kill_when(run: Path, process: subprocess.Popen, moment: Callable[[], bool]) -> int:
-    """SIGKILL the whole process group as soon as `moment()` holds (checked every millisecond), as a node loss
-    or `kill -9` would; returns the step of the `last.ckpt` it leaves behind (which must load)."""
+def wait_for(run: Path, process: subprocess.Popen, moment: Callable[[], bool]) -> None:
+    """Return as soon as `moment()` holds (checked every millisecond); the run must still be going."""
     deadline = time.monotonic() + 300
     while not moment():
         assert process.poll() is None and time.monotonic() < deadline, (run / "log.txt").read_text()[-3000:]
         time.sleep(0.001)
+
+
+def kill_when(run: Path, process: subprocess.Popen, moment: Callable[[], bool]) -> int:
+    """SIGKILL the whole process group as soon as `moment()` holds, as a node loss or `kill -9` would; returns
+    the step of the `last.ckpt` it leaves behind (which must load)."""
+    wait_for(run, process, moment)
     os.killpg(process.pid, signal.SIGKILL)
     assert process.wait(timeout=60) == -signal.SIGKILL
     return torch.load(run / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
@@ -179,6 +186,56 @@ def test_a_run_killed_at_any_moment_resumes_exactly(tmp_path, shards, uninterrup
         process = start_fit(tmp_path, recipe, "--ckpt_path", "last")
     assert process.wait(timeout=600) == 0, (tmp_path / "log.txt").read_text()[-3000:]
     assert_same_states(final_state(tmp_path), uninterrupted(devices), "; ".join(history))
+
+
+def session_processes(session: int) -> dict[int, str]:
+    """pid -> command line of every live (not zombie) process of `session`: a run started in a session of its
+    own keeps all its processes there, its ranks and their dataloader workers, fork servers and resource
+    trackers, also once they are orphaned and adopted by init."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            state, _, _, sid = stat.read_text().rpartition(")")[2].split()[:4]
+            if int(sid) == session and state != "Z":
+                command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ")
+                found[int(stat.parent.name)] = command.decode(errors="replace")
+    return found
+
+
+def rank_process(launcher: int, rank: int) -> int:
+    """The pid of the process Lightning started for local rank `rank` (> 0) of the run whose rank 0 is `launcher`."""
+    for pid in session_processes(launcher):
+        with contextlib.suppress(OSError):
+            parent = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+            environment = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            if parent == launcher and f"LOCAL_RANK={rank}".encode() in environment:
+                return pid
+    raise AssertionError(f"no process for rank {rank} among {session_processes(launcher)}")
+
+
+def survivors(session: int, seconds: float) -> dict[int, str]:
+    """The processes of `session` still alive after waiting up to `seconds` for all of them to end."""
+    deadline = time.monotonic() + seconds
+    while (left := session_processes(session)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+@pytest.mark.slow
+def test_a_killed_rank_leaves_no_process_of_the_run_behind(tmp_path, shards):
+    """SIGKILL of rank 1 alone while a 2-process DDP run trains (2 dataloader workers per rank, started by each
+    rank's fork server): within 20 s no process of the run is left, neither rank 0 nor rank 1's workers, fork
+    server or resource tracker. Orphaned, those would keep their memory (~1 GB a rank on a real run) and the
+    job's output open (Slurm then waits for them before it ends the job)."""
+    process = start_fit(tmp_path, resume_recipe(tmp_path, shards, devices=2))
+    try:
+        wait_for(tmp_path, process, step_done(tmp_path, 1))
+        os.kill(rank_process(process.pid, rank=1), signal.SIGKILL)
+        process.wait(timeout=60)
+        assert survivors(process.pid, seconds=20) == {}
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # whatever a failure leaves
 
 
 def resumed_datamodule(shards: Path, epoch: int, done: int, checkpoint: dict | None = None, closed: bool = False,

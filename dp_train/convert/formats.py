@@ -147,7 +147,8 @@ def _convert(item: Item, settings: Settings) -> tuple[dict[str, bytes | str], Sa
             raise SkipSample(f"size mismatch: image {w}x{h}, {name} shape {plane.shape}")
     info = settings.info
     depth = np.zeros((h, w), np.float32) if loaded.depth is None else loaded.depth
-    meta = SampleMeta(settings.dataset, loaded.f_px, info.metric, info.synthetic, info.sparse)
+    meta = SampleMeta(settings.dataset, loaded.f_px, info.metric, info.synthetic, info.sparse,
+                      "depth" if info.has_depth else "none")
     sample = make_sample(item.key, loaded.image, depth, meta, loaded.mask, loaded.alpha)
     if info.has_depth and not sample.valid.any():
         raise SkipSample("no valid depth pixels (all non-finite, <= 0 or masked)")

@@ -159,7 +159,7 @@ def _convert_photo(job: Job, opts: Options) -> tuple[dict[str, bytes | str], Sam
             f_px = focal_px_from_exif(job.image)
         except NoFocal as err:
             raise SkipSample(str(err)) from None
-    meta = SampleMeta(opts.dataset, f_px, False, opts.synthetic, opts.sparse)
+    meta = SampleMeta(opts.dataset, f_px, False, opts.synthetic, opts.sparse, depth_kind="none")
     sample = make_sample(job.key, image, np.zeros((h, w), np.float32), meta)
     raw = encode_sample(sample, opts.depth_format, opts.image_format)
     return raw, sample_stats(np.zeros(0, np.float32), w, h, f_px)

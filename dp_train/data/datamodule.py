@@ -131,8 +131,7 @@ class DepthDataModule(L.LightningDataModule):
         if self.train_sources and self.train_stream is None:
             self.train_stream = TrainStream(
                 self.train_sources, TrainTransform(self.image_size, self.augment), self.batch_size,
-                self.samples_per_epoch,
-                shuffle_buffer=self.shuffle_buffer, **common,
+                self.samples_per_epoch, shuffle_buffer=self.shuffle_buffer, use=self._training_use(), **common,
             )
         if self.val_sources and self.val_stream is None:
             self.val_stream = ValStream(self.val_sources, EvalTransform(self.image_size), self.val_batch_size, **common)
@@ -145,6 +144,10 @@ class DepthDataModule(L.LightningDataModule):
             self.val_stream.native_truth = stage == "validate"
         if self.test_stream is not None:
             self.test_stream.native_truth = True
+
+    def _training_use(self) -> str:
+        """What the training samples feed: the trainer's module's `mode` ("depth" or "fov"; "depth" alone)."""
+        return getattr(getattr(self.trainer, "lightning_module", None), "mode", "depth")
 
     def _loader(self, stream: TrainStream | ValStream, position_fn: Callable[[], tuple[int, int]] | None = None,
                 on_start: Callable[[], None] | None = None) -> EpochLoader:

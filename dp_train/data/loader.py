@@ -5,6 +5,9 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import os
+import select
+import threading
+import time
 from collections.abc import Callable, Iterator
 from multiprocessing.context import BaseContext
 
@@ -44,12 +47,60 @@ def worker_context(method: str | None) -> BaseContext | None:
 
 
 def init_worker(worker_id: int, owner: int) -> None:
-    """Set up a dataloader worker: OpenCV on one thread (a fresh process would start one per core; a forked
-    worker already runs single-threaded, `stop_opencv_threads`, and is left alone), and the scheduler's
-    signals taken by a thread that lets only `owner` (the loading process) or the worker's parent stop it."""
+    """Set up a dataloader worker: it ends with `owner` (the loading process, `end_with_owner`), runs OpenCV
+    on one thread (a fresh process would start one per core; a forked worker already runs single-threaded,
+    `stop_opencv_threads`, and is left alone), and its scheduler's signals are taken by a thread that lets
+    only `owner` or the worker's parent stop it."""
+    end_with_owner(owner)
     if cv2.getNumThreads() != 1:
         cv2.setNumThreads(1)
     take_scheduler_signals_in_worker(owner)
+
+
+def end_with_owner(owner: int) -> None:
+    """End this dataloader worker as soon as `owner`, the training process it loads for, ends, however it ends
+    (at once if it already has): a thread waits for that and exits the process.
+
+    Nothing else ends it when the owner is killed (SIGKILL, out of memory, a crash): torch's watchdog watches
+    the worker's parent, which for a fork-server worker is the fork server, not the owner. The fork server
+    stops once every holder of its "alive" pipe has closed it, and multiprocessing's resource tracker once
+    every holder of its pipe has, but each worker holds both: the dead owner's workers, fork server and
+    tracker waited for one another forever, orphaned, keeping the worker's memory and the job's output open
+    (and deaf to the scheduler's SIGTERM, blocked in them). Once the workers end, the fork server and the
+    tracker see their pipes close and end by themselves. Watching the owner itself rather than the parent
+    (PR_SET_PDEATHSIG: the fork server, for a fork-server worker) covers every start method alike and needs
+    no code in the fork server."""
+    threading.Thread(target=_exit_after, args=(owner,), name="end-with-owner", daemon=True).start()
+
+
+def _exit_after(owner: int) -> None:
+    wait_for_exit(owner)
+    os._exit(1)
+
+
+def wait_for_exit(pid: int) -> None:
+    """Return once process `pid` has ended (at once if it has already). On Linux (5.3 and later) the kernel
+    wakes the caller through a pidfd the moment the process ends, whichever way (a zombie counts as ended;
+    once opened, a pidfd is not fooled by a reused pid). Elsewhere (macOS) the process is polled each second:
+    the wait ends up to a second late, and a zombie counts as alive until its parent reaps it."""
+    try:
+        handle = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    except (AttributeError, OSError):  # no pidfd on this system
+        _poll_until_gone(pid)
+        return
+    select.select([handle], [], [])
+    os.close(handle)
+
+
+def _poll_until_gone(pid: int) -> None:
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(1.0)
 
 
 def stop_opencv_threads() -> None:

@@ -5,6 +5,8 @@ A sample inside a tar shard is the group of members sharing a key (see shards/RE
     KEY.jpg or KEY.png   8-bit RGB image
     KEY.depth.npy        HxW float16 (depth_format "npy16") or float32 ("npy32") depth
     KEY.depth.png        HxW uint16 ("png16"); depth = value * json["depth_png_scale"]
+                         (no depth member when json["depth_kind"] is "none": a sample written without
+                         depth, e.g. a focal-only photo or a matte, decodes with an all-invalid depth map)
     KEY.mask.png         optional 8-bit, 0 = excluded; only when validity is not implied by depth
     KEY.alpha.png        optional 8-bit matting alpha; alpha = value / 255
     KEY.json             metadata: SampleMeta fields, schema_version, depth_format, width, height
@@ -35,7 +37,8 @@ from webdataset import TarWriter
 SCHEMA_VERSION = 1
 DEPTH_FORMATS = ("npy16", "npy32", "png16")
 IMAGE_FORMATS = ("jpg", "png")
-DEPTH_KINDS = ("depth", "disparity")
+DEPTH_KINDS = ("depth", "disparity", "none")
+"""What a sample's depth member holds; "none": the sample was written without depth (photo / matte sets)."""
 JPEG_QUALITY = 95
 FLOAT16_MAX = 65504.0
 FLOAT16_MIN_NORMAL = 2.0**-14
@@ -67,7 +70,10 @@ class SampleMeta:
     """Per-sample metadata, stored in the sample's json member.
 
     `metric`: depth is in metres; otherwise it is relative (up to scale and shift) and
-    `depth_kind` says whether the stored values are depth or disparity (inverse depth).
+    `depth_kind` says whether the stored values are depth or disparity (inverse depth);
+    "none" marks a sample written without depth (a focal-only photo, a matte): it feeds the
+    FOV loss, focal and boundary-recall metrics, never a depth loss or depth metric, and is
+    never refused for having no valid depth pixel.
     `f_px` is the focal length in pixels of the stored image, None when unknown.
     """
 
@@ -95,6 +101,11 @@ class SampleMeta:
             raise ValueError(f"depth_kind must be one of {DEPTH_KINDS}, got {self.depth_kind!r}")
         if self.metric and self.depth_kind != "depth":
             raise ValueError("metric samples must have depth_kind 'depth'")
+
+    @property
+    def has_depth(self) -> bool:
+        """Whether the sample was written with depth (metric or relative), not as a photo / matte only."""
+        return self.depth_kind != "none"
 
     def to_json(self) -> dict[str, Any]:
         """The fields as a JSON-serialisable dict."""
@@ -204,16 +215,17 @@ def encode_sample(
         "schema_version": SCHEMA_VERSION, **sample.meta.to_json(),
         "depth_format": depth_format, "width": w, "height": h,
     }
-    try:
-        depth_member, depth_bytes = _encode_depth(depth, depth_format, png_scale, info)
-    except ValueError as e:
-        raise SampleError(f"{sample.key}: {e}") from None
-    raw: dict[str, bytes | str] = {
-        "__key__": sample.key,
-        image_format: _image_bytes(sample.image, image_format),
-        depth_member: depth_bytes,
-        "json": json.dumps(info, sort_keys=True).encode(),
-    }
+    raw: dict[str, bytes | str] = {"__key__": sample.key, image_format: _image_bytes(sample.image, image_format)}
+    if sample.meta.has_depth:
+        try:
+            depth_member, depth_bytes = _encode_depth(depth, depth_format, png_scale, info)
+        except ValueError as e:
+            raise SampleError(f"{sample.key}: {e}") from None
+        raw[depth_member] = depth_bytes
+    elif valid.any():
+        raise SampleError(f"{sample.key}: depth_kind 'none' (written without depth) but the depth map has "
+                          f"{int(valid.sum())} valid pixel(s)")
+    raw["json"] = json.dumps(info, sort_keys=True).encode()
     if np.any(positive & ~valid):
         raw["mask.png"] = _png_bytes(valid.astype(np.uint8) * 255)
     if sample.alpha is not None:
@@ -340,7 +352,7 @@ def _decode(key: str, raw: dict[str, Any]) -> Sample:
     h, w = image.shape[:2]
     if (info["width"], info["height"]) != (w, h):
         raise ValueError(f"image is {w}x{h} but json says {info['width']}x{info['height']}")
-    depth = _decode_depth(raw, info)
+    depth = _decode_depth(raw, info) if meta.has_depth else _no_depth(raw, (h, w))
     if depth.shape != (h, w):
         raise ValueError(f"depth shape {depth.shape} does not match image shape {(h, w)}")
     if not np.isfinite(depth).all():
@@ -390,6 +402,14 @@ def _load_rgb(data: bytes) -> np.ndarray:
             raise ValueError(f"image is a {img.format} of mode {img.mode}: training images must be 8-bit "
                              "(converting would clip it to 8 bits; re-encode it with make_shards)")
         return np.array(img if img.mode == "RGB" else img.convert("RGB"))
+
+
+def _no_depth(raw: dict[str, Any], shape: tuple[int, int]) -> np.ndarray:
+    """The all-invalid depth map of a sample written without depth (refusing one that has a depth member)."""
+    present = [name for name in ("depth.npy", "depth.png") if name in raw]
+    if present:
+        raise ValueError(f"depth_kind 'none' (written without depth) but it has a '{present[0]}' member")
+    return np.zeros(shape, np.float32)
 
 
 def _decode_depth(raw: dict[str, Any], info: dict[str, Any]) -> np.ndarray:

@@ -247,15 +247,17 @@ def shuffled(records: Iterator[dict], buffer: int, rng: np.random.Generator) -> 
     yield from pool
 
 
-def decoded(records: Iterator[dict], source: SourceConfig, health: SourceHealth) -> Iterator[Sample]:
-    """Decode and validate records; bad ones are counted and skipped, never trained on."""
+def decoded(records: Iterator[dict], source: SourceConfig, health: SourceHealth, use: str = "eval"
+            ) -> Iterator[Sample]:
+    """Decode and validate records for `use` (see `apply_flags`); bad ones are counted and skipped."""
     for record in records:
-        sample = decode_record(record, source, health)
+        sample = decode_record(record, source, health, use)
         if sample is not None:
             yield sample
 
 
-def decode_record(record: dict, source: SourceConfig, health: SourceHealth, keep_alpha: bool = True) -> Sample | None:
+def decode_record(record: dict, source: SourceConfig, health: SourceHealth, use: str = "depth",
+                  keep_alpha: bool = True) -> Sample | None:
     """The record as a Sample, or None (counted as bad) when it cannot be decoded or fails a check.
 
     With `keep_alpha` False the matting alpha is not decoded: only validation's
@@ -264,7 +266,7 @@ def decode_record(record: dict, source: SourceConfig, health: SourceHealth, keep
     if not keep_alpha:
         record.pop("alpha.png", None)
     try:
-        sample = apply_flags(decode_sample(record), source)
+        sample = apply_flags(decode_sample(record), source, use)
     except Exception as err:  # noqa: BLE001 - any decode failure is one bad record
         health.record_bad(f"{record.get('__key__', '?')} in {record.get('__url__', '?')}: {err}")
         return None
@@ -272,24 +274,78 @@ def decode_record(record: dict, source: SourceConfig, health: SourceHealth, keep
     return sample
 
 
-def apply_flags(sample: Sample, source: SourceConfig) -> Sample:
-    """Override the sample's flags with the source's and apply its depth range; refuse metric samples
-    without a focal length."""
-    meta = sample.meta
-    changes = {k: getattr(source, k) for k in ("metric", "synthetic", "sparse") if getattr(source, k) is not None}
-    if changes:
-        meta = sample.meta = dataclasses.replace(meta, **changes)
-    if meta.metric and not (meta.f_px and meta.f_px > 0):
-        raise ValueError(f"{sample.key}: metric sample without a positive focal length")
-    if meta.metric and source.depth_range is not None:
-        low, high = source.depth_range
-        sample.valid = sample.valid & (sample.depth >= low) & (sample.depth <= high)
-    if meta.metric:
-        low, high = METRIC_DEPTH_LIMITS
-        sample.valid = sample.valid & (sample.depth >= low) & (sample.depth <= high)
-    if not sample.valid.any():
-        raise ValueError(f"{sample.key}: no valid depth pixel (all zero, masked out or outside the depth range)")
+USES = ("depth", "fov", "eval")
+"""What a stream's samples feed: the depth objective, the FOV objective (the module's `mode`), or evaluation."""
+
+
+def apply_flags(sample: Sample, source: SourceConfig, use: str = "depth") -> Sample:
+    """Override the sample's flags with the source's, apply its depth range, and refuse what `use` cannot take.
+
+    Every depth sample needs a stored valid pixel and metric ones a focal length (the health check). A
+    sample written without depth (`depth_kind` "none": a focal-only photo, a matte) is never refused for
+    having no depth pixel, but depth training refuses it, and FOV training any sample without a focal
+    length. Training also refuses a depth sample whose pixels all fall outside the depth range (nothing
+    to learn from); evaluation keeps it, and counts it as an image with nothing to score.
+    """
+    sample = with_source_flags(sample, source)
+    refusal = use_problem(sample, use)
+    if refusal:
+        raise ValueError(f"{sample.key}: {refusal}")
+    if not sample.meta.has_depth:
+        return sample
+    for limits in (METRIC_DEPTH_LIMITS, source.depth_range):
+        if sample.meta.metric and limits is not None:
+            sample.valid = sample.valid & (sample.depth >= limits[0]) & (sample.depth <= limits[1])
+        if limits is METRIC_DEPTH_LIMITS and not sample.valid.any():
+            raise ValueError(f"{sample.key}: no valid depth pixel (all zero, masked out or beyond "
+                             f"{METRIC_DEPTH_LIMITS} m)")
+    if use != "eval" and not sample.valid.any():
+        raise ValueError(f"{sample.key}: no valid depth pixel inside the depth range")
     return sample
+
+
+def with_source_flags(sample: Sample, source: SourceConfig) -> Sample:
+    """The sample with the flags its source sets (`metric` only on samples written with depth)."""
+    flags = ("metric", "synthetic", "sparse") if sample.meta.has_depth else ("synthetic", "sparse")
+    changes = {k: getattr(source, k) for k in flags if getattr(source, k) is not None}
+    if changes:
+        sample.meta = dataclasses.replace(sample.meta, **changes)
+    return sample
+
+
+def use_problem(sample: Sample, use: str) -> str | None:
+    """Why a stream feeding `use` cannot take this sample (None: it can)."""
+    meta = sample.meta
+    has_focal = bool(meta.f_px and meta.f_px > 0)
+    if meta.metric and not has_focal:
+        return "a metric sample without a positive focal length"
+    if use == "depth" and not meta.has_depth:
+        return "written without depth (depth_kind 'none': a photo or matte set); depth training needs depth"
+    if use == "fov" and not has_focal:
+        return "without a focal length; the FOV stage trains on known focal lengths"
+    return None
+
+
+def first_sample(source: SourceConfig, timeout: float = DEFAULT_READ_TIMEOUT) -> Sample | None:
+    """The source's first decodable sample as stored (no flags applied), or None when its first record
+    cannot be read: the stream's health checks report that once the data is read."""
+    health = SourceHealth(source.name, max_bad_fraction=1.0, min_records=1)
+    try:
+        record = next(raw_records(source.shard_urls()[:1], 1, 0, health, timeout=timeout), None)
+        return None if record is None else decode_sample(record)
+    except Exception:  # noqa: BLE001 - an unreadable source is reported by the stream, not here
+        return None
+
+
+def check_source_use(key: str, sources: list[SourceConfig], use: str) -> None:
+    """Refuse, before any work, a source whose samples a stream feeding `use` cannot take (judged by its
+    first sample, with the source's flags): e.g. a focal-only photo set in a depth-mode mixture."""
+    for source in sources:
+        sample = first_sample(source)
+        problem = None if sample is None else use_problem(with_source_flags(sample, source), use)
+        if problem:
+            raise DataError(f"{key}: source {source.name!r} cannot be trained on in {use} mode: "
+                            f"its sample {sample.key} is {problem}")
 
 
 def collate(views: list[View], sources: list[int], flags: list[Sample], bad_counts: list[int]) -> dict:
@@ -305,6 +361,8 @@ def collate(views: list[View], sources: list[int], flags: list[Sample], bad_coun
         "has_alpha": torch.tensor([v.alpha is not None for v in views]),
         "f_px": torch.tensor([v.f_px for v in views], dtype=torch.float32),
         "metric": torch.tensor([s.meta.metric for s in flags]),
+        "has_depth": torch.tensor([s.meta.has_depth for s in flags]),
+        "disparity": torch.tensor([s.meta.depth_kind == "disparity" for s in flags]),
         "synthetic": torch.tensor([s.meta.synthetic for s in flags]),
         "sparse": torch.tensor([s.meta.sparse for s in flags]),
         "source": torch.tensor(sources, dtype=torch.long),
@@ -341,6 +399,7 @@ class _StreamBase(IterableDataset):
         max_bad_fraction: float = 0.05,
         min_records_for_guard: int = 50,
         read_timeout: float = DEFAULT_READ_TIMEOUT,
+        use: str = "depth",
     ) -> None:
         super().__init__()
         if not sources:
@@ -352,6 +411,8 @@ class _StreamBase(IterableDataset):
         self.max_bad_fraction = max_bad_fraction
         self.min_records_for_guard = min_records_for_guard
         self.read_timeout = read_timeout
+        self.use = use
+        """What the samples feed (see `apply_flags`): "depth" or "fov" training, or "eval"."""
         self.rank, self.world_size, self.epoch, self.start_batch = 0, 1, 0, 0
 
     def set_distributed(self, rank: int, world_size: int) -> None:
@@ -429,7 +490,7 @@ class TrainStream(_StreamBase):
                     skip, produced = skip - 1, True
                     continue
                 read[index] += 1
-                sample = decode_record(record, source, health, keep_alpha=False)
+                sample = decode_record(record, source, health, self.use, keep_alpha=False)
                 if sample is not None:
                     produced = True
                     yield sample
@@ -483,6 +544,9 @@ class ValStream(_StreamBase):
 
     native_truth = False
 
+    def __init__(self, sources: list[SourceConfig], transform, batch_size: int, use: str = "eval", **kwargs) -> None:
+        super().__init__(sources, transform, batch_size, use=use, **kwargs)
+
     def __iter__(self) -> Iterator[dict]:
         place = current_placement(self.rank, self.world_size)
         health = self._health()
@@ -491,7 +555,7 @@ class ValStream(_StreamBase):
             shards, stride, offset = assign_shards(source.shard_urls(), place, order_seed=None)
             pending: list[tuple[int, Sample]] = []
             records = raw_records(shards, stride, offset, health[index], source.shard_sizes(), self.read_timeout)
-            for sample in decoded(records, source, health[index]):  # a full batch waits for the next sample:
+            for sample in decoded(records, source, health[index], self.use):  # a full batch waits for the next sample:
                 if len(pending) == self.batch_size:  # the last one carries the source's final bad count
                     yield (last := self._batch(pending, health, [0] * len(pending)))
                     pending = []
@@ -542,4 +606,5 @@ class ValStream(_StreamBase):
     def _first_sample(self, health: list[SourceHealth]) -> Sample:
         """The first decodable sample of the first source (content for padding batches)."""
         source = self.sources[0]
-        return next(decoded(raw_records(source.shard_urls(), 1, 0, health[0], timeout=self.read_timeout), source, health[0]))
+        records = raw_records(source.shard_urls(), 1, 0, health[0], timeout=self.read_timeout)
+        return next(decoded(records, source, health[0], self.use))
