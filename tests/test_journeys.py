@@ -174,6 +174,9 @@ def test_finetune_on_your_data_then_export_and_predict_metric_depth(tmp_path):
     (the toy start standing in for depth_pro.pt); 3. `export` to .safetensors; then the README's `predict` on the
     held-out photos with their true focal length: the user gets metric depth at the ground truth's scale."""
     work = checkout(tmp_path / "work")
+    # README's step 1 converts the training folder only, but finetune.yaml also validates on
+    # shards/mydata_val/mydata_val.index.json: without it `fit` stops with "error: data.val_sources: ...
+    # cannot read shard index". The held-out photos are converted to that set here.
     train = write_inhouse_folder(tmp_path / "my", range(7_000_000, 7_000_004), (144, 192))
     held_out = write_inhouse_folder(tmp_path / "my_val", range(7_100_000, 7_100_003), (96, 128))
     for folder, dataset in (("my", "mydata"), ("my_val", "mydata_val")):
@@ -309,9 +312,10 @@ KIND_METRICS = {
     "depth": ["abs_rel", "delta1", "boundary_f1"],
     "matte": ["boundary_recall"],
     "focal": ["focal_median_rel_error"],
-    "relative": ["abs_rel", "delta1"],
+    "relative": ["abs_rel_aligned", "delta1_aligned"],
 }
-"""What report.md / per_dataset.csv must fill per kind of set (README, Evaluation; relative sets: aligned)."""
+"""What per_dataset.csv (and report.md) must fill per kind of set (README, "Losses and metrics": "Each kind of
+sample feeds what its ground truth supports", and "Evaluation")."""
 
 
 @pytest.mark.slow
@@ -368,9 +372,14 @@ def test_evaluate_every_kind_of_converted_set_with_a_report(tmp_path):
         assert int(rows[name]["n_images"]) == 2, name
         for metric in KIND_METRICS[kind]:
             assert rows[name][metric] and math.isfinite(float(rows[name][metric])), (name, metric)
-    markdown = (report / "report.md").read_text()
-    for name in kinds:
-        assert name in markdown
+    table = (report / "report.md").read_text().split("## ")[0]  # the per-dataset table, before the paper's
+    assert all(f"| {name} | 2 |" in table for name in kinds)
+    # the paper's tables, for the sets named as the paper's benchmarks
+    for paper_table, columns in (("tab1_delta1", ["middlebury", "sintel"]), ("tab2_boundaries", ["sintel F1",
+                                 "am2k R", "dis5k R"]), ("tab3_focal", ["zoom δ25", "zoom δ50"])):
+        with open(report / f"paper_{paper_table}.csv") as fh:
+            rows = list(csv.DictReader(fh))
+        assert all(rows[0][c] and math.isfinite(float(rows[0][c])) for c in columns), paper_table
 
 
 # ----------------------------------------------------------------------------- 4. the paper's recipes
