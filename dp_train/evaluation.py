@@ -28,9 +28,10 @@ __all__ = ["EvaluatedImage", "MIN_CANONICAL", "align_scale_shift", "evaluated_im
 
 MIN_CANONICAL = 1e-4
 """Canonical inverse depth is clamped to at least this before depth = f / (W C) (bounds depth for f ~ W)."""
-ALIGNED_FLOOR = 0.1
-"""An aligned relative prediction is raised to at least this share of the smallest ground-truth inverse depth
-(depth at most 10x the farthest ground truth): a fit that goes negative scores as a large error, never NaN."""
+ALIGNED_FLOOR = 1.0
+"""An aligned relative prediction is raised to at least this share of the image's smallest ground-truth inverse
+depth: no farther than its farthest ground-truth point (as MiDaS-style evaluations cap aligned disparity at the
+benchmark's maximum depth), so a fit that goes negative scores as an error, never as NaN or infinite depth."""
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""tools/ablate.py: mean ± sd over seeds, paired directions, recipes scaled to --steps, and the smoke mode end to end."""
+"""tools/ablate.py: mean ± sd over seeds, paired directions, the paper-layout table, recipes scaled to --steps, the
+relative validation source, and the smoke mode end to end."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from helpers.cli import child_env
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 sys.path.insert(0, str(TOOLS))
 import ablate  # noqa: E402
-from ablate_report import CHECKS, Summary, markdown, paired, rows, summarise, verdict  # noqa: E402
+from ablate_report import (  # noqa: E402
+    CHECKS, PAPER_COLUMNS, Summary, condition_markdown, condition_rows, conditions_json, markdown, paired, rows,
+    summarise, verdict)
 
 
 def test_summarise_gives_mean_and_sample_sd_of_the_finite_values():
@@ -60,6 +63,72 @@ def test_3a_is_read_from_the_2a_runs():
     assert all(r.diff.mean == 0 for r in table)
 
 
+def test_paper_layout_has_a_row_per_condition_and_the_columns_of_tab_11_to_13():
+    """Made-up results: 1A over two seeds, 3C over one, 2A with no relative source (a run of an older invocation),
+    1C not run; the FOV runs are no row."""
+    full = {"synth_val/abs_rel": 0.5, "synth_val/delta1": 0.4, "synth_val/boundary_f1": 0.01,
+            "rel_val/abs_rel_aligned": 0.2, "rel_val/delta1_aligned": 0.7, "real_val/abs_rel": 0.6,
+            "real_val/delta1": 0.3}
+    results = {"1A": [full, {k: v + 0.1 for k, v in full.items()}], "3C": [full],
+               "2A": [{k: v for k, v in full.items() if not k.startswith("rel_val/")}],
+               "FOV head": [{"synth_val/share_below_25": 0.5}], "constant FOV": [{"synth_val/share_below_25": 0.5}]}
+    table = condition_rows(results)
+    assert [r.condition for r in table] == ["1A", "2A", "3C"]  # the paper's order; only what ran
+    assert [c.metric for c in PAPER_COLUMNS] == [
+        "synth_val/abs_rel", "synth_val/delta1", "synth_val/boundary_f1",
+        "rel_val/abs_rel_aligned", "rel_val/delta1_aligned", "real_val/abs_rel", "real_val/delta1"]
+    assert [c.group for c in PAPER_COLUMNS] == ["synthetic"] * 3 + ["relative"] * 2 + ["real-like"] * 2
+
+    lines = condition_markdown(table).splitlines()
+    body = [line for line in lines if line.startswith("|")]
+    assert body[0] == ("| condition | synthetic AbsRel | synthetic δ1 | synthetic F1 | relative AbsRel | "
+                       "relative δ1 | real-like AbsRel | real-like δ1 | n |")
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in body[2:]]
+    assert cells[0] == ["1A", "0.5500 ± 0.0707", "0.4500 ± 0.0707", "0.0600 ± 0.0707", "0.2500 ± 0.0707",
+                        "0.7500 ± 0.0707", "0.6500 ± 0.0707", "0.3500 ± 0.0707", "2"]
+    assert cells[1] == ["2A (= 3A)", "0.5000", "0.4000", "0.0100", "n/a", "n/a", "0.6000", "0.3000", "1"]
+    assert cells[2][0] == "3C" and cells[2][4] == "0.2000" and cells[2][-1] == "1"
+    assert "HRWSI" in lines[0] and "Hypersim" in lines[0] and "Apolloscape" in lines[0]
+
+    data = conditions_json(table)
+    assert data[0]["relative"]["rel_val/abs_rel_aligned"] == {"mean": pytest.approx(0.25), "sd": pytest.approx(
+        math.sqrt(0.005)), "n": 2}
+    assert data[1]["relative"]["rel_val/delta1_aligned"] == {"mean": None, "sd": None, "n": 0}
+    assert data[1]["real-like"]["real_val/delta1"] == {"mean": 0.3, "sd": None, "n": 1}
+    json.dumps(data, allow_nan=False)  # plain data, no NaN
+
+
+def test_no_direction_check_reads_the_relative_columns():
+    """The project's audit does not have the paper's HRWSI numbers: the relative columns are reported only."""
+    assert not [c for c in CHECKS if c.metric.startswith("rel_val/")]
+
+
+def test_every_run_validates_the_real_like_scenes_as_relative_too(tmp_path):
+    """rel_val reads real_val's scenes with `metric: false`; synth_val stays first (what `val/<metric>` monitors),
+    in the run recipe and in base.yaml."""
+    scenes = {name: tmp_path / f"{name}.index.json" for name in ablate.SCENE_SEEDS}
+    path = ablate.run_recipe(tmp_path / "run", ablate.RECIPES / "1a.yaml", scenes, 0, 4, tmp_path / "start")
+    sources = yaml.safe_load(path.read_text())["data"]["val_sources"]
+    assert sources == [{"name": "synth_val", "urls": str(scenes["synth_val"])},
+                       {"name": "real_val", "urls": str(scenes["real_val"])},
+                       {"name": "rel_val", "urls": str(scenes["real_val"]), "metric": False}]
+    base = yaml.safe_load((ablate.RECIPES / "base.yaml").read_text())["data"]["val_sources"]
+    assert [s["name"] for s in base] == ["synth_val", "real_val", "rel_val"]
+    assert base[2]["metric"] is False and base[2]["urls"] == base[1]["urls"] and "metric" not in base[0]
+
+
+def test_validation_metrics_are_collected_from_every_row_of_metrics_csv(tmp_path):
+    """The aligned keys are kept even when logged on a row of their own; training rows add nothing."""
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,step,train/loss,val/abs_rel,val/synth_val/abs_rel,val/rel_val/abs_rel_aligned,"
+                    "val/rel_val/delta1_aligned\n"
+                    "0,9,0.5,,,,\n"
+                    "0,3,,0.4,0.4,,\n"
+                    "0,3,,,,0.2,0.8\n")
+    assert ablate.validation_metrics(path) == {"abs_rel": 0.4, "synth_val/abs_rel": 0.4,
+                                               "rel_val/abs_rel_aligned": 0.2, "rel_val/delta1_aligned": 0.8}
+
+
 def test_curriculum_switch_moves_with_steps(tmp_path):
     """2a.yaml switches at 50 of base.yaml's 100 steps: at --steps 4 it switches at step 2, and the run's
     checkpoint replaces the recipe's."""
@@ -99,7 +168,8 @@ def test_a_missing_start_is_one_error_line(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_smoke_mode_runs_every_condition_and_prints_the_table(tmp_path):
-    """`--steps 4` end to end from a randomly initialised start of the recipes' network shape: every check's row."""
+    """`--steps 4` end to end from a randomly initialised start of the recipes' network shape: every check's row,
+    and the paper-layout table with a row per condition whose relative (aligned) columns are finite."""
     from dp_train.model.weights import save_weights
     from dp_train.module import build_network
 
@@ -110,11 +180,23 @@ def test_smoke_mode_runs_every_condition_and_prints_the_table(tmp_path):
                "--val", "2", "--seeds", "1", "--init", str(start), "--work-dir", str(tmp_path / "work")]
     done = subprocess.run(command, env=child_env(), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    table = [line for line in done.stdout.splitlines() if line.startswith("|")]
+    lines = done.stdout.splitlines()
     header = markdown([]).splitlines()
-    assert table[:2] == header and len(table) == 2 + len(CHECKS)
+    start = lines.index(header[0])
+    table = lines[start:start + 2 + len(CHECKS)]
+    assert table[:2] == header and all(line.startswith("|") for line in table)
     for line, check in zip(table[2:], CHECKS):
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert len(cells) == 8 and cells[0] == check.title and cells[1] == check.metric
         assert cells[2].startswith(f"{check.base}: ") and cells[3].startswith(f"{check.variant}: ")
         assert cells[5] == "1" and cells[7] == "no verdict (one seed)"
+    layout_header = [line for line in condition_markdown([]).splitlines() if line.startswith("|")]
+    start = lines.index(layout_header[0])
+    layout = lines[start:start + 2 + len(ablate.DEPTH_CONDITIONS)]
+    assert layout[:2] == layout_header
+    relative = [i for i, c in enumerate(PAPER_COLUMNS) if c.group == "relative"]
+    for line, name in zip(layout[2:], ablate.DEPTH_CONDITIONS):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[0].split()[0] == name and cells[-1] == "1"
+        for i in relative:
+            assert math.isfinite(float(cells[1 + i])), line  # one seed: the mean alone

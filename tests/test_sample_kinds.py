@@ -152,3 +152,16 @@ def test_test_scores_each_source_for_what_its_ground_truth_holds(tmp_path):
     assert all(rows[name]["n_images"] == "2" for name in rows)
     report = (tmp_path / "report" / "report.md").read_text()
     assert "## 2 images with nothing to score" in report
+
+
+def test_validation_during_fit_scores_relative_samples_aligned_at_the_network_resolution():
+    """Validation inside `fit` has no native ground truth: the relative target (inverse-depth-like, as trained
+    on) is what the prediction is aligned to."""
+    target = torch.linspace(0.5, 2.0, 64).reshape(1, 1, 8, 8)
+    batch = {"image": torch.zeros(1, 3, 8, 8), "target": target, "valid": torch.ones_like(target, dtype=torch.bool),
+             "f_px": torch.zeros(1), "metric": torch.tensor([False]), "has_depth": torch.tensor([True]),
+             "has_alpha": torch.tensor([False]), "sparse": torch.tensor([False])}
+    (image,) = evaluated_images(0.25 * target + 0.3, batch, torch.tensor([True]))
+    assert not image.has_depth and not image.is_empty and image.relative_valid.all()
+    values = depth_metrics(*(x[None] for x in image.aligned()))
+    assert float(values["abs_rel"][0]) < 1e-5 and float(values["delta1"][0]) == 1.0

@@ -1,4 +1,5 @@
-"""The ablation table of tools/ablate.py: mean ± sd over seeds, paired differences and the paper's directions.
+"""The ablation tables of tools/ablate.py: mean ± sd over seeds, paired differences and the paper's directions,
+and every condition's held-out metrics in the column layout of the paper's Tab. 11-13.
 
 Each check compares two conditions on one held-out metric. The runs of both conditions share their seeds
 (same data order and augmentation), so the difference is taken per seed (paired) and summarised as mean ±
@@ -147,3 +148,76 @@ def as_json(table: list[Row]) -> list[dict]:
             return None
         return {k: clean(v) for k, v in value.items()} if isinstance(value, dict) else value
     return [clean(asdict(r)) for r in table]
+
+
+CONDITIONS = ("1A", "1C", "2A", "3C")
+"""The depth conditions, one row each of the paper-layout table (2A is also the paper's 3A)."""
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the paper-layout table: `metric` (a `<val source>/<metric>` key) under `group`."""
+
+    group: str
+    label: str
+    metric: str
+
+
+PAPER_COLUMNS = (
+    Column("synthetic", "AbsRel", "synth_val/abs_rel"),
+    Column("synthetic", "δ1", "synth_val/delta1"),
+    Column("synthetic", "F1", "synth_val/boundary_f1"),
+    Column("relative", "AbsRel", "rel_val/abs_rel_aligned"),
+    Column("relative", "δ1", "rel_val/delta1_aligned"),
+    Column("real-like", "AbsRel", "real_val/abs_rel"),
+    Column("real-like", "δ1", "real_val/delta1"),
+)
+"""Tab. 11-13's columns and their stand-ins: Hypersim (synthetic: AbsRel, δ1, boundary F1) -> the synthetic look of
+the held-out scenes; HRWSI (relative: AbsRel, δ1 after per-image scale-and-shift alignment) -> the real-like look
+read as relative (`metric: false`); Apolloscape (real: AbsRel, δ1) -> the real-like look, metric. The relative
+columns have no direction in CHECKS: the project's audit does not have the paper's HRWSI numbers."""
+CAPTION = ("Per condition, in the columns of the paper's Tab. 11-13 (held-out scenes, mean ± sd over seeds): "
+           "synthetic = synth_val in Hypersim's place; relative = rel_val, the real-like look read as relative and "
+           "aligned per image by least-squares scale and shift, in HRWSI's; real-like = real_val in Apolloscape's.")
+"""The paper-layout table's caption: the stand-in of each column group."""
+
+
+@dataclass(frozen=True)
+class ConditionRow:
+    """One line of the paper-layout table: a condition's mean ± sd over its runs, per column."""
+
+    condition: str
+    runs: int
+    cells: tuple[Summary, ...]
+    """One per PAPER_COLUMNS entry, in order."""
+
+
+def condition_rows(results: dict[str, list[dict[str, float]]]) -> list[ConditionRow]:
+    """Every depth condition that was run, in the paper's order; a metric no run logged is Summary n = 0."""
+    return [ConditionRow(name, len(results[name]),
+                         tuple(summarise(values(results, name, c.metric)) for c in PAPER_COLUMNS))
+            for name in CONDITIONS if name in results]
+
+
+def condition_markdown(table: list[ConditionRow]) -> str:
+    """The paper-layout table in Markdown: a caption naming each group's stand-in, then one row per condition
+    (mean ± sd over seeds, `n/a` where no run logged the metric; n = runs)."""
+    lines = [CAPTION, "",
+             "| condition | " + " | ".join(f"{c.group} {c.label}" for c in PAPER_COLUMNS) + " | n |",
+             "|---|" + "---|" * len(PAPER_COLUMNS) + "---:|"]
+    for r in table:
+        name = "2A (= 3A)" if r.condition == "2A" else r.condition
+        lines.append(f"| {name} | " + " | ".join(cell.text() for cell in r.cells) + f" | {r.runs} |")
+    return "\n".join(lines)
+
+
+def conditions_json(table: list[ConditionRow]) -> list[dict]:
+    """The paper-layout table as plain data: per condition, `{group: {metric key: {mean, sd, n}}}` (NaN -> None)."""
+    out = []
+    for r in table:
+        entry: dict = {"condition": r.condition, "runs": r.runs}
+        for column, cell in zip(PAPER_COLUMNS, r.cells):
+            entry.setdefault(column.group, {})[column.metric] = {
+                k: (v if math.isfinite(v) else None) if isinstance(v, float) else v for k, v in asdict(cell).items()}
+        out.append(entry)
+    return out
