@@ -12,8 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
 
+from tests.helpers.convert_fixtures import write_photo
 from tests.test_convert_public import (
     COLS,
     H,
@@ -206,15 +206,6 @@ def test_a_missing_or_malformed_nuscenes_table_is_one_error_line(tmp_path, capsy
 
 
 # ----------------------------------------------------------------------------- focal-length photo folders
-
-
-def write_photo(path: Path, seed: int, focal_35mm: int | None) -> None:
-    """A JPEG carrying (or not) EXIF FocalLengthIn35mmFilm, as cameras write it (Exif sub-IFD)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    exif = Image.Exif()
-    if focal_35mm is not None:
-        exif.get_ifd(0x8769)[0xA405] = focal_35mm
-    Image.fromarray(pattern(seed)).save(path, "JPEG", quality=100, exif=exif)
 
 
 def test_focal_photo_folder_takes_the_exif_focal_length(tmp_path):

@@ -1,9 +1,9 @@
 """convert_public: public benchmark layouts -> shards, checked against independent writers.
 
-Every format gets tiny files written here straight from its public specification (struct /
-NumPy `tofile` for binary formats, OpenCV for PNG and JPEG, h5py for HDF5), an asymmetric
-image so that a transposition or flip fails, and one bad input that must be skipped or
-reported as a one-line error naming the file.
+Every format gets tiny files written here or in tests/helpers/convert_fixtures.py straight from
+its public specification (struct / NumPy `tofile` for binary formats, OpenCV for PNG and JPEG,
+h5py for HDF5), an asymmetric image so that a transposition or flip fails, and one bad input
+that must be skipped or reported as a one-line error naming the file.
 """
 
 from __future__ import annotations
@@ -23,6 +23,19 @@ import webdataset as wds
 from dp_train.convert import formats, hdf5_sets
 from dp_train.convert.errors import ConvertError
 from dp_train.data.schema import Sample, decode_sample, shard_urls
+from tests.helpers.convert_fixtures import (  # noqa: F401 - also imported from here by test_convert_benchmarks
+    COLS,
+    H,
+    ROWS,
+    W,
+    depth_map,
+    pattern,
+    write_matte_pair,
+    write_middlebury,
+    write_png,
+    write_sintel_frame,
+    write_text,
+)
 
 h5py = pytest.importorskip("h5py")
 
@@ -32,38 +45,10 @@ _spec = importlib.util.spec_from_file_location("convert_public", SCRIPT)
 convert_public = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(convert_public)
 
-H, W = 6, 8
-SINTEL_TAG = 202021.25
-ROWS, COLS = np.mgrid[0:H, 0:W]
-
-
-def pattern(seed: int = 0) -> np.ndarray:
-    """HxWx3 uint8 RGB: red grows along x, green along y (no symmetry survives a transpose)."""
-    return np.stack([COLS * 30 + seed, ROWS * 40 + seed, np.full_like(COLS, 9 * seed)], -1).astype(np.uint8)
-
-
-def depth_map(base: float = 1.0) -> np.ndarray:
-    """HxW float64 depth that changes differently along x and y."""
-    return base + 0.25 * COLS + 1.5 * ROWS
-
-
-def write_png(path: Path, array: np.ndarray) -> None:
-    """8-bit RGB or 8/16-bit gray PNG (or JPEG by extension) via OpenCV, creating folders."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = array[..., ::-1] if array.ndim == 3 else array  # OpenCV wants BGR
-    params = [cv2.IMWRITE_JPEG_QUALITY, 100] if path.suffix.lower() in (".jpg", ".jpeg") else []
-    assert cv2.imwrite(str(path), np.ascontiguousarray(pixels), params)
-
 
 def read_jpeg(path: Path) -> np.ndarray:
     """A JPEG decoded by OpenCV, as RGB (the reference for converted JPEG sources)."""
     return cv2.imread(str(path))[..., ::-1]
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write text, creating folders."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
 
 
 def run(fmt: str, root: Path, out: Path, *extra: str) -> int:
@@ -98,21 +83,6 @@ def check(sample: Sample, image: np.ndarray, depth: np.ndarray, f_px: float, fla
 # ----------------------------------------------------------------------------- Middlebury
 
 
-def write_pfm(path: Path, array: np.ndarray) -> None:
-    """Grayscale PFM: 'Pf', 'W H', scale -1 (little-endian), rows from bottom to top."""
-    with open(path, "wb") as f:
-        f.write(f"Pf\n{array.shape[1]} {array.shape[0]}\n-1.0\n".encode())
-        np.flipud(array).astype("<f4").tofile(f)
-
-
-def write_middlebury(folder: Path, f: float, disparity: np.ndarray, seed: int, calib_extra: str = "doffs=5.5\n") -> None:
-    """One Middlebury 2014 scene: im0.png, disp0.pfm and calib.txt (baseline 190 mm)."""
-    write_png(folder / "im0.png", pattern(seed))
-    write_pfm(folder / "disp0.pfm", disparity)
-    write_text(folder / "calib.txt", f"cam0=[{f} 0 3.5; 0 {f} 2.5; 0 0 1]\ncam1=[{f} 0 9; 0 {f} 2.5; 0 0 1]\n"
-               f"{calib_extra}baseline=190.0\nwidth={W}\nheight={H}\nndisp=64\nisint=0\n")
-
-
 def test_middlebury(tmp_path):
     disparity = (10 + COLS + 2 * ROWS).astype(np.float32)
     disparity[0, 1] = np.inf
@@ -136,30 +106,10 @@ def test_middlebury(tmp_path):
 # ----------------------------------------------------------------------------- Sintel
 
 
-def write_dpt(path: Path, depth: np.ndarray, tag: float = SINTEL_TAG) -> None:
-    """.dpt: float32 tag, int32 width, int32 height, float32 depth row-major."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        np.array([tag], "<f4").tofile(f)
-        np.array([depth.shape[1], depth.shape[0]], "<i4").tofile(f)
-        depth.astype("<f4").tofile(f)
-
-
-def write_cam(path: Path, intrinsics: np.ndarray) -> None:
-    """.cam: float32 tag, 3x3 intrinsics and 3x4 extrinsics as float64."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        np.array([SINTEL_TAG], "<f4").tofile(f)
-        intrinsics.astype("<f8").tofile(f)
-        np.eye(3, 4).astype("<f8").tofile(f)
-
-
 def test_sintel(tmp_path):
     root = tmp_path / "training"
     for i, frame in enumerate(["frame_0001", "frame_0002", "frame_0003"]):
-        write_png(root / "final" / "alley_1" / f"{frame}.png", pattern(i))
-        write_cam(root / "camdata_left" / "alley_1" / f"{frame}.cam", np.array([[50.0 + i, 0, 4], [0, 50.0 + i, 3], [0, 0, 1]]))
-        write_dpt(root / "depth" / "alley_1" / f"{frame}.dpt", depth_map(i + 1), tag=SINTEL_TAG if i < 2 else 1.0)
+        write_sintel_frame(root, "alley_1", frame, i, 50.0 + i, depth_map(i + 1), **({} if i < 2 else {"tag": 1.0}))
     assert run("sintel", root, tmp_path / "out") == 0
     samples = shards(tmp_path / "out", "sintel")
     assert sorted(samples) == ["alley_1_frame_0001", "alley_1_frame_0002"]
@@ -316,8 +266,7 @@ def test_dis5k_alpha_without_depth(tmp_path):
     split = tmp_path / "DIS5K" / "DIS-TE1"
     alpha = (COLS * 30 + ROWS).astype(np.uint8)
     for i, stem in enumerate(["1#Accessories#1", "2#Animal#3"]):
-        write_png(split / "im" / f"{stem}.png", pattern(i))
-        write_png(split / "gt" / f"{stem}.png", alpha)
+        write_matte_pair(split, stem, i, alpha)
     write_png(split / "im" / "orphan.png", pattern())
     assert run("dis5k", tmp_path / "DIS5K", tmp_path / "out", "--split", "DIS-TE1") == 0
     samples = shards(tmp_path / "out", "dis5k")
