@@ -27,6 +27,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from dp_train.data.schema import ShardIndexError
 from dp_train.data.stream import DataError
 from dp_train.model.config import network_shape
+from dp_train.model.weights import safetensors_shape
 from dp_train.parse_errors import short_reason
 from dp_train.resume import AtomicCheckpointIO, CheckpointError, checkpoint_hparams
 from dp_train.recipe_checks import check_recipe
@@ -95,13 +96,8 @@ class DepthProCLI(LightningCLI):
         path = config.get("ckpt_path") if config is not None else None
         if not path or not Path(path).exists():
             return
-        shape = network_shape(checkpoint_hparams(path))
-        model = config.model
-        if "preset" in shape:
-            model.preset = shape["preset"]
-        run_as = {k: v for k, v in (model.network or {}).items() if k == "grad_checkpointing"}
-        model.network = shape.get("network", {}) | run_as
-        model.init_from = None
+        take_network_shape(config.model, network_shape(checkpoint_hparams(path)))
+        config.model.init_from = None
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Options of our own next to the trainer/model/data groups."""
@@ -132,6 +128,8 @@ class DepthProCLI(LightningCLI):
         config = self.config[self.subcommand]
         if config.weights:
             config.model.init_from = config.weights
+            if self.subcommand in ("validate", "test"):
+                take_network_shape(config.model, recorded_shape(config.weights))
 
     def _report(self) -> None:
         if self.subcommand == "fit" and self.config.fit.report_validation:
@@ -152,6 +150,29 @@ class DepthProCLI(LightningCLI):
     def after_fit(self) -> None:
         """Validation metrics of the trained weights (with --report_validation)."""
         self._report()
+
+
+def take_network_shape(model, shape: dict) -> None:
+    """Give the recipe's `model` the network shape weights record (`preset` and `network`'s shape fields; how
+    the network is run, `grad_checkpointing`, stays the recipe's). Nothing changes for an empty shape."""
+    if not shape:
+        return
+    if "preset" in shape:
+        model.preset = shape["preset"]
+    run_as = {k: v for k, v in (model.network or {}).items() if k == "grad_checkpointing"}
+    model.network = shape.get("network", {}) | run_as
+
+
+def recorded_shape(weights: str) -> dict:
+    """The network shape `--weights` records: a training checkpoint's (a .ckpt or a sharded checkpoint folder)
+    or an exported .safetensors file's; {} for files that record none (Apple's depth_pro.pt: the recipe's
+    shape stands) and for missing files (loading them names the problem)."""
+    path = Path(weights)
+    if path.suffix == ".safetensors":
+        return safetensors_shape(path)
+    if path.suffix == ".ckpt" or path.is_dir():
+        return network_shape(checkpoint_hparams(path)) if path.exists() else {}
+    return {}
 
 
 def error_line(err: Exception) -> str:

@@ -165,3 +165,19 @@ def test_validation_during_fit_scores_relative_samples_aligned_at_the_network_re
     assert not image.has_depth and not image.is_empty and image.relative_valid.all()
     values = depth_metrics(*(x[None] for x in image.aligned()))
     assert float(values["abs_rel"][0]) < 1e-5 and float(values["delta1"][0]) == 1.0
+
+
+@pytest.mark.parametrize("command", ["test", "validate"])
+def test_evaluating_exported_weights_takes_the_shape_they_record(tmp_path, command):
+    """`test --weights my_export.safetensors` with an evaluation recipe written for another network (eval.yaml
+    names depth_pro_l) evaluates the exported network, as `--ckpt_path` and `predict` do."""
+    from dp_train.model import build_depth_pro, save_weights
+    from dp_train.model.config import DepthProConfig
+
+    index = write_synthetic_shards(tmp_path / "s", "s", 2, size=(64, 64), seed=5, progress=False)
+    weights = tmp_path / "export.safetensors"
+    save_weights(build_depth_pro(DepthProConfig.preset("tiny", **{k: tuple(v) if isinstance(v, list) else v
+                                                                   for k, v in NETWORK.items()})), weights)
+    sources = {f"{'test' if command == 'test' else 'val'}_sources": [{"name": "s", "urls": str(index)}]}
+    recipe = tiny_recipe(tmp_path, sources, network={"vit_img_size": 128, "decoder_features": 32})
+    assert main([command, "--recipe", str(recipe), "--weights", str(weights)]) == 0

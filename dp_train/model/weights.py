@@ -49,6 +49,19 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     return _network_tensors(obj, path), header or (network_shape(hparams) if isinstance(hparams, dict) else {})
 
 
+def safetensors_shape(path: str | Path) -> dict[str, Any]:
+    """The network shape a .safetensors file's header records (`save_state_dict`), without reading its tensors;
+    {} when it records none or cannot be read (loading it reports why)."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            header = json.loads((f.metadata() or {}).get(SHAPE_KEY, "{}"))
+    except Exception:  # noqa: BLE001 - the load that follows names the problem
+        return {}
+    return header if isinstance(header, dict) else {}
+
+
 def config_for(state: dict[str, torch.Tensor], shape: Mapping[str, Any], **overrides: Any) -> DepthProConfig:
     """The network a recorded `shape` describes (see `read_weights`), with an FOV head iff `state` has one."""
     return DepthProConfig.from_shape(shape, **({"fov_head": any(k.startswith("fov.") for k in state)} | overrides))
