@@ -425,6 +425,8 @@ class _StreamBase(IterableDataset):
         self.max_bad_fraction = max_bad_fraction
         self.min_records_for_guard = min_records_for_guard
         self.read_timeout = read_timeout
+        if use not in USES:
+            raise ValueError(f"stream use {use!r}: choose one of {USES}")
         self.use = use
         """What the samples feed (see `apply_flags`): "depth" or "fov" training, or "eval"."""
         self.rank, self.world_size, self.epoch, self.start_batch = 0, 1, 0, 0
