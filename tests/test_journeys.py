@@ -8,7 +8,7 @@ tests/test_training.py layers its overrides on quickstart.yaml): the quick start
 vit_img_size 128, the shape of the shipped `weights/toy_start.safetensors`, which stands in for `depth_pro.pt` and
 DINOv2), one CPU process, a few steps, CSV logs.
 
-Each test's docstring names the README section whose journey it follows. Cost: about 255 CPU-seconds for the
+Each test's docstring names the README section (or docs/ file) whose journey it follows. Cost: about 255 CPU-seconds for the
 file (16 tests, 17 `fit`s; 6 min wall on the project's 2-core VM while other jobs shared it, load ~4); most of it
 is the paper's recipes (stage 1, stage 2, the curriculum and 11 ablations at two steps each: ~12 CPU-s per `fit`,
 half of it LightningCLI parsing the full-size recipes) and the FOV stage's 12 steps.
@@ -165,7 +165,7 @@ def decoded(index: Path) -> dict:
 SCALE_BOUND = 2.0
 """How far the predicted metric depth of a held-out photo may be from the truth (median pred / gt, either way).
 Measured when this test was written: 1.007, 0.981 and 0.732 on the three held-out scenes, after 2 fine-tuning steps
-from the toy start at finetune.yaml's learning rates, which leave the start's scale as it was (the README's quick-start section:
+from the toy start at finetune.yaml's learning rates, which leave the start's scale as it was (results/quickstart.md:
 the start's per-image scale is off by a median 9 %). A factor 2 keeps that spread with room and fails what a broken
 pipeline gives: millimetres taken for metres (x 1000 or / 1000) in make_shards or predict, and a focal length
 that does not follow the image to the network's input (x or / 4: the held-out photos are 128 px wide, the network
@@ -319,13 +319,13 @@ KIND_METRICS = {
     "focal": ["focal_median_rel_error"],
     "relative": ["abs_rel_aligned", "delta1_aligned"],
 }
-"""What per_dataset.csv (and report.md) must fill per kind of set (README, "Losses and metrics": "Each kind of
-sample feeds what its ground truth supports", and "Evaluation")."""
+"""What per_dataset.csv (and report.md) must fill per kind of set (docs/data.md, "Kinds of sample": "Each kind of
+sample feeds what its ground truth supports", and docs/evaluation.md)."""
 
 
 @pytest.mark.slow
 def test_evaluate_every_kind_of_converted_set_with_a_report(tmp_path):
-    """README "Evaluation": convert benchmarks with `tools/convert/convert_public.py` (the converters' own tiny
+    """docs/evaluation.md: convert benchmarks with `tools/convert/convert_public.py` (the converters' own tiny
     fixtures: Middlebury and Sintel depth, DIS5K and a matting set's mattes, a focal-length photo folder) and
     relative sets with `make_shards --units relative|disparity`, list them as `data.test_sources`, and run
     `python -m dp_train test --recipe recipes/eval.yaml --weights ...`: every set is scored for what its kind
@@ -479,7 +479,7 @@ def test_stage1_then_stage2_from_its_checkpoint(paper_workspace, stage1_run):
 @pytest.mark.slow
 def test_curriculum_switches_objective_and_mixture_at_the_stage_step(paper_workspace):
     """README "Recipes": `curriculum.yaml`, both stages in one job switched by the curriculum callback, with the
-    switch step moved as README "Hyper-parameter sweeps" moves it (`--trainer.callbacks.init_args.stages.start_step`,
+    switch step moved as docs/sweeps.md moves it (`--trainer.callbacks.init_args.stages.start_step`,
     the last stage of the last callback): at the switch, stage 2's objective and its 9-set mixture are in force,
     and the checkpoint holds stage 2."""
     work = paper_workspace

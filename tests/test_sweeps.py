@@ -129,7 +129,7 @@ def resolve(config: dict[str, Any], dotted: str) -> tuple:
 
 
 def test_all_ablations_present() -> None:
-    """The three sweeps the README describes."""
+    """The three sweeps docs/sweeps.md describes."""
     assert {path.stem for path in SWEEPS} == {"derivative_losses", "switch_step", "learning_rate"}
 
 

@@ -18,7 +18,7 @@ Each condition runs once per seed (`data.seed`: data order, mixture draws, augme
 Two tables: the directions (mean ± sd over seeds and the paired difference per check; tools/ablate_report.py says
 when a direction counts as reproduced), and every condition's metrics in the columns of the paper's Tab. 11-13.
 
-    python tools/ablate.py                         # the README's tables (about 15 min on 2 cores)
+    python tools/ablate.py                         # the tables of results/ablations.md (about 15 min on 2 cores)
     python tools/ablate.py --steps 4 --fov-steps 2 --train 4 --val 2 --seeds 1     # a smoke run
 """
 
