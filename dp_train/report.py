@@ -397,7 +397,7 @@ def paper_markdown(tables: list[tuple[PaperTable, list[str], list[Row]]]) -> lis
         return []
     lines = ["", "## The paper's tables", "",
              f"This checkpoint beside the paper's Depth Pro, for the benchmarks evaluated (`paper_<table>.csv`). "
-             "Comparable only where the data and protocol are the paper's: see the README, \"Evaluation\".", ""]
+             "Comparable only where the data and protocol are the paper's: see dp_train's docs/evaluation.md.", ""]
     for table, header, rows in tables:
         lines += [f"### {table.title}", ""]
         lines += _table(header, [[_paper_cell(row[c], 2 if c == "avg. rank" else table.digits) for c in header]
