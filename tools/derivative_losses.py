@@ -181,7 +181,7 @@ def grid(args: argparse.Namespace) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     done_file = args.out / "results.jsonl"
     done = [json.loads(l) for l in done_file.read_text().splitlines()] if done_file.exists() else []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.seeds):
         for setting in args.settings:
             if any(r["setting"] == setting and r["seed"] == seed for r in done):
                 continue
@@ -221,8 +221,10 @@ def main(argv: list[str] | None = None) -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("probe", help="term values and gradients at the start")
     g = sub.add_parser("grid", help="fit runs: settings x seeds")
-    g.add_argument("--seeds", type=int, default=3)
-    g.add_argument("--steps", type=int, default=150)
+    g.add_argument("--seeds", type=int, default=3, help="seeds --first-seed .. SEEDS-1 (default 3)")
+    g.add_argument("--first-seed", type=int, default=0,
+                   help="first seed to run (default 0): adds seeds to an earlier grid run elsewhere")
+    g.add_argument("--steps", type=int, default=150, help="optimizer steps per run (default 150)")
     g.add_argument("--settings", nargs="+", default=["mae", "default", "balanced", "raw_scharr"], choices=list(SETTINGS))
     g.add_argument("--out", type=Path, default=REPO / "runs" / "lossmech" / "grid")
     args = p.parse_args(argv)
