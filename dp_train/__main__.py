@@ -1,5 +1,5 @@
 """`python -m dp_train`: the command-line entry point."""
 
-from dp_train.cli import main
+from dp_train.cli.main import main
 
 raise SystemExit(main())

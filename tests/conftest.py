@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from dp_train.model import DepthProConfig
+from tests.helpers.paths import FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
-"""Apple reference outputs, shipped beside the checkout (never copied into it)."""
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ from pathlib import Path
 import yaml
 
 from ablate_report import as_json, condition_markdown, condition_rows, conditions_json, markdown, rows
-from dp_train.data.schema import shard_urls
+from dp_train.shards import shard_urls
 from dp_train.data.stream import SourceHealth, raw_records
 from dp_train.synth import write_synthetic_shards
 

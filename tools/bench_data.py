@@ -47,7 +47,7 @@ from torch.utils.data import DataLoader, Dataset
 from dp_train.data import augment, schema, stream
 from dp_train.data.augment import AugmentConfig
 from dp_train.data.datamodule import DepthDataModule
-from dp_train.data.schema import write_text_atomic
+from dp_train.shards import write_text_atomic
 from dp_train.data.stream import SourceConfig, sample_seed
 from dp_train.synth import write_synthetic_shards
 

@@ -66,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def configurations(args: argparse.Namespace) -> dict[str, dict]:
     """Row label -> (devices, strategy, model overrides)."""
     n = args.devices
-    fsdp = {"class_path": "dp_train.resume.AtomicModelParallelStrategy",
+    fsdp = {"class_path": "dp_train.runtime.strategy.AtomicModelParallelStrategy",
             "init_args": {"data_parallel_size": n, "tensor_parallel_size": 1}}  # every process is one FSDP shard
     return {
         "single process": {"devices": 1, "strategy": "auto", "model": {}},

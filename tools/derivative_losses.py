@@ -28,7 +28,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 
@@ -54,7 +53,7 @@ SETTINGS = {
 
 def load_start(recipe: dict):
     """The recipe's network with its starting weights, in eval mode."""
-    from dp_train.module import build_network
+    from dp_train.train.module import build_network
     from dp_train.model.weights import load_weights
 
     model = recipe["model"]
@@ -91,7 +90,7 @@ def edge_band(target: torch.Tensor, valid: torch.Tensor, ratio: float = 1.05) ->
 def probe(args: argparse.Namespace) -> None:
     """Term values and gradients at the start; F1 ceilings of coarse outputs."""
     from dp_train.losses.objective import Objective, depth_objective
-    from dp_train.metrics import si_boundary_f1
+    from dp_train.evaluation.metrics import si_boundary_f1
 
     recipe = yaml.safe_load(RECIPE.read_text())
     net = load_start(recipe)

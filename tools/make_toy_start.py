@@ -35,7 +35,7 @@ from pathlib import Path
 import yaml
 
 from dp_train.model.weights import read_weights, save_state_dict
-from dp_train.predict import load_model
+from dp_train.inference.predict import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "toy_start.yaml"

@@ -29,8 +29,8 @@ from dp_train.convert.formats import (
     skip_group,
 )
 from dp_train.convert.readers import IMAGE_EXTS, positive_number, read_image, read_mask, read_or_skip
-from dp_train.data.schema import sanitize_key
-from dp_train.exif import NoFocal, focal_px_from_exif
+from dp_train.shards import sanitize_key
+from dp_train.utils.exif import NoFocal, focal_px_from_exif
 
 BENCHMARK_FORMATS: dict[str, FormatInfo] = {
     "booster": FormatInfo(metric=True, synthetic=False, sparse=False),
@@ -236,7 +236,7 @@ def find_spring(root: Path) -> tuple[list[Item], Skipped]:
 
 
 def load_focal_photo(image: Path) -> Loaded:
-    """A photo without depth whose ground truth is its EXIF focal length (see dp_train/exif.py)."""
+    """A photo without depth whose ground truth is its EXIF focal length (see dp_train/utils/exif.py)."""
     try:
         f_px = focal_px_from_exif(image)
     except NoFocal as err:

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from dp_train.convert.errors import ConvertError, SkipSample
 from dp_train.convert.report import N_BINS, Report, SampleStats, sample_stats, save_report, unusual_statistics
 from dp_train.convert.runner import Result, check_output, collect_results, parallel_results, safe_result
-from dp_train.data.schema import SampleMeta, ShardWriter, encode_sample, make_sample
+from dp_train.shards import SampleMeta, ShardWriter, encode_sample, make_sample
 
 Skipped = list[tuple[str, str]]  # (sample name, reason)
 

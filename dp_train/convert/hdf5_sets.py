@@ -19,7 +19,7 @@ import numpy as np
 from dp_train.convert.errors import ConvertError, SkipSample
 from dp_train.convert.formats import Item, Loaded, Skipped, import_h5py, read_hdf5_array, require_dir
 from dp_train.convert.readers import read_image, read_or_skip
-from dp_train.data.schema import sanitize_key
+from dp_train.shards import sanitize_key
 
 # ----------------------------------------------------------------------------- NYU Depth v2
 

@@ -22,8 +22,8 @@ from dp_train.convert.readers import (
 )
 from dp_train.convert.report import SampleStats, sample_stats
 from dp_train.convert.runner import Result, safe_result
-from dp_train.data.schema import SampleMeta, encode_sample, make_sample, sanitize_key
-from dp_train.exif import NoFocal, focal_px_from_exif
+from dp_train.shards import SampleMeta, encode_sample, make_sample, sanitize_key
+from dp_train.utils.exif import NoFocal, focal_px_from_exif
 
 UNITS: dict[str, tuple[bool, str, float]] = {
     # --units: (metric, depth_kind, source units per metre)

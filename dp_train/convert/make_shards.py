@@ -4,7 +4,7 @@ Input: a folder of images and a folder of depth maps matched by file stem (flat,
 recursive), optionally a folder of validity masks (nonzero = valid) and focal lengths.
 Without `--depth`, a focal-only photo set (the FOV stage's, Sec. 3.3 of the paper): every
 sample is a photo with its focal length (from --f-px / --focal-file, else the photo's EXIF,
-see dp_train/exif.py) and an all-invalid depth map; photos without one are skipped.
+see dp_train/utils/exif.py) and an all-invalid depth map; photos without one are skipped.
 Depth maps may be .npy, 16-bit .png (value * --png-scale), .pfm or .exr (needs the
 optional OpenEXR package). Every sample is validated; bad ones are skipped and listed
 in `{prefix}.skipped.txt`; a summary goes to stdout and `{prefix}.report.json`.
@@ -30,7 +30,7 @@ from dp_train.convert.jobs import UNITS, Job, Options, convert_one, find_jobs
 from dp_train.convert.readers import IMAGE_EXTS, import_openexr, read_focal_file
 from dp_train.convert.report import Report, save_report, unusual_statistics
 from dp_train.convert.runner import check_output, collect_results, parallel_results
-from dp_train.data.schema import DEPTH_FORMATS, IMAGE_FORMATS, ShardWriter
+from dp_train.shards import DEPTH_FORMATS, IMAGE_FORMATS, ShardWriter
 
 
 def _check_dir(path: str | None, flag: str) -> Path | None:

@@ -15,7 +15,7 @@ from PIL import Image
 from dp_train.convert.formats import Item, Loaded, Skipped, require_dir
 from dp_train.convert.jobs import count_problem, files_by_stem
 from dp_train.convert.readers import IMAGE_EXTS, read_image, read_or_skip
-from dp_train.data.schema import sanitize_key
+from dp_train.shards import sanitize_key
 
 # ----------------------------------------------------------------------------- DIS5K / matting
 

@@ -25,7 +25,7 @@ import numpy as np
 from dp_train.convert.errors import ConvertError
 from dp_train.convert.formats import FormatInfo, Item, Loaded, Skipped, first_missing, require_dir
 from dp_train.convert.readers import read_image, read_or_skip
-from dp_train.data.schema import sanitize_key
+from dp_train.shards import sanitize_key
 
 NUSCENES_FORMAT = FormatInfo(metric=True, synthetic=False, sparse=True)
 MIN_DEPTH_M = 1.0

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from dp_train.convert.errors import ConvertError, SkipSample
-from dp_train.data.schema import load_png16
+from dp_train.shards import load_png16
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 DEPTH_EXTS = (".npy", ".png", ".pfm", ".exr")

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from dp_train.data.schema import write_text_atomic
+from dp_train.shards import write_text_atomic
 
 LOG10_LO, LOG10_HI, BINS_PER_DECADE = -6, 6, 200  # depth histogram for percentiles (~1.2% bins)
 N_BINS = (LOG10_HI - LOG10_LO) * BINS_PER_DECADE

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from dp_train.convert.errors import ConvertError, SkipSample
 from dp_train.convert.report import Report, SampleStats
-from dp_train.data.schema import ShardWriter
+from dp_train.shards import ShardWriter
 
 
 @dataclass

@@ -18,7 +18,7 @@ import numpy as np
 from dp_train.convert.errors import SkipSample
 from dp_train.convert.formats import Item, Loaded, Skipped, first_missing, require_dir, skip_group
 from dp_train.convert.readers import positive_number, read_depth, read_image, read_or_skip, read_pfm
-from dp_train.data.schema import sanitize_key
+from dp_train.shards import sanitize_key
 
 # ----------------------------------------------------------------------------- Middlebury 2014
 

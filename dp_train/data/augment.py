@@ -24,7 +24,7 @@ import albumentations as A
 import cv2
 import numpy as np
 
-from dp_train.data.schema import Sample
+from dp_train.shards import Sample
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from dp_train.data.loader import START_METHODS, EpochLoader, epoch_loader, resol
 from dp_train.data.repeats import EvaluatedOnce
 from dp_train.data.stream import DEFAULT_READ_TIMEOUT, SourceConfig, TrainStream, ValStream, normalize_images
 from dp_train.data.stream_position import StreamPosition, resume_point, stream_settings
-from dp_train.ranges import POSITIVE, SHARE, Range, check_ranges
+from dp_train.utils.ranges import POSITIVE, SHARE, Range, check_ranges
 
 DATA_RANGES: dict[str, Range] = {
     "batch_size": Range(1), "val_batch_size": Range(1), "samples_per_epoch": Range(1), "shuffle_buffer": Range(1),

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dp_train.data.schema import Sample
+from dp_train.shards import Sample
 
 __all__ = ["native_truth"]
 

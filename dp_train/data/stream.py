@@ -31,7 +31,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from dp_train.data.augment import View
 from dp_train.data.native import native_truth
-from dp_train.data.schema import Sample, decode_sample, shard_counts, shard_urls
+from dp_train.shards import Sample, decode_sample, shard_counts, shard_urls
 from dp_train.data.shardio import TimedStream
 
 log = logging.getLogger(__name__)

@@ -5,15 +5,66 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 
 from dp_train.data.stream import SourceConfig
-from dp_train.resume import TrainPosition, gather_per_rank, own_entry, setting_changes
+from dp_train.runtime.per_rank import gather_per_rank, own_entry
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainPosition:
+    """Raw records consumed per dataloader worker and source in one epoch of this rank's train stream."""
+
+    epoch: int = 0
+    workers: int = 0
+    """Dataloader workers of the stream (0: nothing recorded yet)."""
+    records: dict[int, list[int]] = field(default_factory=dict)
+
+    def add(self, epoch: int, worker: int, workers: int, records_read: list[int]) -> None:
+        """Account one trained batch produced by `worker` of `workers` (a new epoch starts from zero)."""
+        if epoch != self.epoch:
+            self.epoch, self.records = epoch, {}
+        self.workers = workers
+        counts = self.records.setdefault(worker, [0] * len(records_read))
+        self.records[worker] = [a + b for a, b in zip(counts, records_read)]
+
+    def skips_for(self, epoch: int) -> dict[int, list[int]]:
+        """Records each worker passes over when the stream restarts in `epoch` (none in another epoch)."""
+        return {w: list(c) for w, c in self.records.items()} if epoch == self.epoch else {}
+
+
+def setting_changes(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """`key value (checkpoint: value)` for each setting a checkpoint recorded that this run changed (lists of
+    named entries, e.g. data sources, by the names added, removed or changed; other lists and dicts by key)."""
+    changes = []
+    for key, value in current.items():
+        if key in recorded and recorded[key] != value:
+            if isinstance(value, list) and isinstance(recorded[key], list):
+                changes.append(f"{key} {named_changes(recorded[key], value)}")
+            elif isinstance(value, dict):
+                changes.append(f"other {key}")
+            else:
+                changes.append(f"{key} {value} (checkpoint: {recorded[key]})")
+    return changes
+
+
+def named_changes(recorded: list[Any], current: list[Any]) -> str:
+    """How two lists of `{"name": ...}` entries differ: `added 'b', removed 'c', changed 'a'` (`changed` when
+    the entries are not all named and unique, `reordered` when only their order differs)."""
+    before, after = ({entry.get("name"): entry for entry in entries if isinstance(entry, dict)}
+                     for entries in (recorded, current))
+    if len(before) != len(recorded) or len(after) != len(current):
+        return "changed"
+    parts = [f"{what} {', '.join(sorted(map(repr, names)))}" for what, names in (
+        ("added", after.keys() - before.keys()), ("removed", before.keys() - after.keys()),
+        ("changed", {name for name in before.keys() & after.keys() if before[name] != after[name]})) if names]
+    return ", ".join(parts) or "reordered"
 
 
 def stream_settings(sources: list[SourceConfig], batch_size: int, samples_per_epoch: int, seed: int,

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from dp_train.losses.terms import derivative_losses, mae, mse, ssi_normalize
-from dp_train.ranges import Range
+from dp_train.utils.ranges import Range
 
 PIXEL_TERMS = {"mae": mae, "mse": mse}
 """Pixelwise terms: name -> per-image function (pred, target, valid, trim_fraction)."""

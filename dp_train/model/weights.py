@@ -1,7 +1,7 @@
 """Weights I/O: one loader for Apple's `depth_pro.pt`, `.safetensors` and Lightning `.ckpt` files.
 
 Every file is read with `weights_only=True`, a sharded checkpoint directory by
-dp_train.sharded's restricted readers (no pickled code runs), and loaded strictly
+dp_train.runtime.sharded's restricted readers (no pickled code runs), and loaded strictly
 by default; a file that does not fit raises one ValueError naming the file and the
 first missing, unexpected and mis-shaped tensors.
 """
@@ -84,8 +84,8 @@ def _read_file(path: Path) -> tuple[object, dict[str, Any]]:
 
 def _read_sharded_checkpoint(path: Path) -> dict:
     """The full state of a distributed (torch.distributed.checkpoint) checkpoint directory, gathered from its
-    shards into one process, without running pickled code (see dp_train.sharded)."""
-    from dp_train.sharded import is_sharded_checkpoint, read_sharded_checkpoint
+    shards into one process, without running pickled code (see dp_train.runtime.sharded)."""
+    from dp_train.runtime.sharded import is_sharded_checkpoint, read_sharded_checkpoint
 
     if not is_sharded_checkpoint(path):
         raise ValueError(f"{path} is a directory but not a sharded checkpoint (no .metadata file)")

@@ -26,7 +26,7 @@ import math
 import cv2
 import numpy as np
 
-from dp_train.data.schema import Sample, SampleMeta
+from dp_train.shards import Sample, SampleMeta
 
 LOOK_STREAM = 0x4EA1
 """Second seed word of the real look's random stream (independent of the scene's own draws)."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dp_train.data.schema import Sample, SampleMeta, ShardWriter
+from dp_train.shards import Sample, SampleMeta, ShardWriter
 from dp_train.synth.builder import lighting
 from dp_train.synth.geometry import Camera
 from dp_train.synth.objects import ObjectBuilder
@@ -132,7 +132,7 @@ def write_synthetic_shards(out_dir: str | Path, prefix: str, count: int, size: t
 
 def example_panel(sample: Sample) -> np.ndarray:
     """(H, 2W, 3) uint8 panel: the image next to its colour-mapped inverse depth (sky = darkest)."""
-    from dp_train.visualize import colorize_inverse_depth
+    from dp_train.utils.visualize import colorize_inverse_depth
 
     return np.concatenate([sample.image, colorize_inverse_depth(sample.depth)], axis=1)
 

@@ -1,7 +1,7 @@
 """Tiny dataset folders in the public benchmarks' on-disk formats, written straight from each format's public
 specification (struct / NumPy `tofile` for binary formats, OpenCV for PNG and JPEG, Pillow for EXIF), for the
-converter tests (tests/test_convert_public.py, tests/test_convert_benchmarks.py) and the journeys that convert
-them and evaluate on them (tests/test_journeys.py).
+converter tests (tests/unit/convert/test_convert_public.py, tests/unit/convert/test_convert_benchmarks.py) and the journeys that convert
+them and evaluate on them (tests/integration/test_journeys.py).
 
 Images are H x W = 6 x 8 and asymmetric, so that a transposition or flip fails.
 """

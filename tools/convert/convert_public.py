@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 from dp_train.convert import benchmarks, formats, hdf5_sets, matting, nuscenes, scans, stereo
 from dp_train.convert.errors import ConvertError, run_reporting_errors
-from dp_train.data.schema import DEPTH_FORMATS, IMAGE_FORMATS
+from dp_train.shards import DEPTH_FORMATS, IMAGE_FORMATS
 
 Finder = Callable[[argparse.Namespace, Path], tuple[list[formats.Item], formats.Skipped]]
 

@@ -1,0 +1,85 @@
+"""Checks across a recipe's objects, before any work: values each class accepts alone but not together.
+
+A value out of range on its own is refused by its class's constructor (`dp_train/utils/ranges.py`). Each failure is
+one ValueError naming the recipe key, which the CLI prints as one `error:` line.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from dp_train.train.curriculum import CurriculumCallback
+from dp_train.data.stream import check_source_use
+
+
+def check_recipe(subcommand: str | None, model: Any, datamodule: Any, trainer: Any) -> None:
+    """Raise one ValueError for the first inconsistency of the instantiated recipe."""
+    check_image_size(model, datamodule)
+    check_weights("data.train_sources", datamodule.train_sources)
+    for key in ("train_sources", "val_sources", "test_sources"):
+        check_names(f"data.{key}", getattr(datamodule, key))
+        check_shard_lists(f"data.{key}", getattr(datamodule, key))
+    check_sources_for(subcommand, datamodule)
+    if subcommand == "fit":
+        check_checkpoint_dirs(trainer)
+        check_source_use("data.train_sources", datamodule.train_sources, getattr(model, "mode", "depth"))
+        for callback in trainer.callbacks:
+            if isinstance(callback, CurriculumCallback):
+                callback.check_mixtures(datamodule.source_names("train"))
+
+
+NEEDED_SOURCES = {"fit": ("train_sources", "training"), "validate": ("val_sources", "validation"),
+                  "test": ("test_sources", "test")}
+"""Subcommand -> the data key it reads and what its sources are called."""
+
+
+def check_sources_for(subcommand: str | None, datamodule: Any) -> None:
+    """`fit`, `validate` and `test` each need their own sources: without, `test` would fail in the data loader
+    and `validate` would end with no metrics and exit status 0."""
+    key, kind = NEEDED_SOURCES.get(subcommand or "", (None, None))
+    if key and not getattr(datamodule, key):
+        raise ValueError(f"data.{key} is empty: {subcommand} needs at least one {kind} source")
+
+
+def check_image_size(model: Any, datamodule: Any) -> None:
+    """The data must be cut to the network's input side (4 x its ViT input), or the first batch fails."""
+    config = model.net.config
+    if datamodule.image_size != config.img_size:
+        raise ValueError(f"data.image_size={datamodule.image_size} does not fit the network, which takes "
+                         f"{config.img_size} px (4 x model.network.vit_img_size={config.vit_img_size})")
+
+
+def check_names(key: str, sources: list) -> None:
+    """Source names are unique: metrics, logs and the resume position are keyed by them."""
+    names = [source.name for source in sources]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"{key}: more than one source is named {repeated[0]!r}")
+
+
+def check_shard_lists(key: str, sources: list) -> None:
+    """Every source lists at least one shard (brace patterns expanded, local index files read; whether the shards
+    exist is checked when the data is set up)."""
+    for source in sources:
+        try:
+            source.shard_urls()
+        except ValueError as err:
+            raise ValueError(f"{key}: {err}") from None
+
+
+def check_weights(key: str, sources: list) -> None:
+    """Mixing weights are finite, >= 0 and not all 0."""
+    for source in sources:
+        if not 0 <= source.weight < float("inf"):
+            raise ValueError(f"{key}: source {source.name!r} has weight {source.weight}: weights must be >= 0")
+    if sources and not any(source.weight > 0 for source in sources):
+        raise ValueError(f"{key}: every source has weight 0")
+
+
+def check_checkpoint_dirs(trainer: Any) -> None:
+    """A checkpoint folder that is a file would fail at the first save, after the training it was to keep."""
+    for callback in trainer.checkpoint_callbacks:
+        dirpath = getattr(callback, "dirpath", None)
+        if dirpath and "://" not in str(dirpath) and os.path.isfile(dirpath):
+            raise ValueError(f"trainer.callbacks: {type(callback).__name__} dirpath {dirpath} is a file, not a folder")
