@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tests.helpers.convert_fixtures import write_photo
-from tests.test_convert_public import (
+from tests.unit.convert.test_convert_public import (
     COLS,
     H,
     ROWS,

@@ -19,7 +19,7 @@ from dp_train.data.augment import EvalTransform, TrainTransform
 from dp_train.data.datamodule import DepthDataModule
 from dp_train.shards import SampleError, ShardWriter, decode_sample, encode_sample
 from dp_train.data.stream import DataError, SourceConfig, SourceHealth, TrainStream, ValStream, raw_records
-from tests.test_datamodule import SIZE, keys_of, plane_sample, raw_tar
+from tests.unit.data.test_datamodule import SIZE, keys_of, plane_sample, raw_tar
 
 
 def val_stream(source: SourceConfig, max_bad_fraction: float = 0.05) -> ValStream:

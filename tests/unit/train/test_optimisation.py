@@ -14,7 +14,7 @@ from dp_train.data.datamodule import DepthDataModule
 from dp_train.synth import write_synthetic_shards
 from dp_train.train.module import DepthProModule
 from dp_train.train.schedules import build_schedule
-from tests.test_resume import STEPS, assert_same_states, final_state, kill_when, resume_recipe, start_fit, step_done
+from tests.integration.test_resume import STEPS, assert_same_states, final_state, kill_when, resume_recipe, start_fit, step_done
 from tests.helpers.paths import REPO
 
 NETWORK = {"vit_img_size": 128, "decoder_features": 16, "encoder_feature_dims": [8, 16, 32, 32]}
