@@ -1,5 +1,5 @@
-"""A callback that records, per optimizer step, what a resume must reproduce: the samples drawn, the learning
-rates and the loss."""
+"""Callbacks that record what a run did, for tests to compare: the sample keys each rank trains on, and per
+optimizer step what a resume must reproduce (samples drawn, learning rates, loss)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+
+
+class RecordKeys(L.Callback):
+    """Append every training batch's sample keys to `out_dir/keys_rank{R}.txt`."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = Path(out_dir)
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: dict, batch_idx: int) -> None:
+        with open(self.out_dir / f"keys_rank{trainer.global_rank}.txt", "a") as fh:
+            fh.writelines(f"{key}\n" for key in batch["key"])
 
 
 class RecordSteps(L.Callback):
