@@ -11,9 +11,9 @@ analytically (numpy, all pixels at once), so depth is exact and the focal length
 * Content: a textured ground plane (a road with standard lane markings for the vehicle rig), walls
   (and a ceiling 2.4-3.0 m high indoors), standard bricks, floor tiles and storeys; objects of
   known size (``objects``: people, doors, cars, chairs, tables) next to boxes, spheres, buildings
-  and hills of any size (``builder``); many thin structures with sharp depth boundaries: poles,
-  sagging wires, fences and railings, trees and bushes of many small spheres and leaf discs,
-  chair and table legs.
+  and hills of any size (``builder``); many thin structures with sharp depth boundaries (``thin``):
+  poles, sagging wires, fences and railings, trees and bushes of many small spheres and leaf discs,
+  and (``objects``) chair and table legs.
 * Shading (``render``): Lambertian with a random sun, hemisphere ambient, ground shadows, distance
   haze, sky gradient with clouds, mild sensor noise.
 * Depth: float32 z-depth along the optical axis in metres (not ray length); sky and anything

@@ -9,11 +9,12 @@ import math
 
 import numpy as np
 
-from dp_train.synth.builder import Builder, hsv, random_material, shade_of
+from dp_train.synth.builder import hsv, random_material, shade_of
 from dp_train.synth.geometry import Box, Cylinder, Sphere
 from dp_train.synth.priors import draw_size
 from dp_train.synth.scene import Material
 from dp_train.synth.textures import PLAIN
+from dp_train.synth.thin import ThinBuilder
 
 DOOR_FRAME_M = 0.06
 """Width of a door's frame, which also stands this far above the door leaf."""
@@ -25,8 +26,8 @@ def _paint(rng: np.random.Generator, value: tuple[float, float] = (0.2, 0.9)) ->
     return Material(c, shade_of(rng, c, 0.25), PLAIN, float(rng.uniform(2.0, 6.0)), 0.1)
 
 
-class ObjectBuilder(Builder):
-    """A Builder that also places objects of known size; each returns the dimensions it drew."""
+class ObjectBuilder(ThinBuilder):
+    """A ThinBuilder that also places objects of known size; each returns the dimensions it drew."""
 
     def _frame(self, yaw: float) -> tuple[tuple[float, float], tuple[float, float]]:
         """Ground-plane unit vectors along (e1) and across (e3) an object turned by yaw, as Box uses them."""
