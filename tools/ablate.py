@@ -40,7 +40,8 @@ import yaml
 
 from ablate_report import as_json, condition_markdown, condition_rows, conditions_json, markdown, rows
 from dp_train.shards import shard_urls
-from dp_train.data.stream import SourceHealth, raw_records
+from dp_train.data.health import SourceHealth
+from dp_train.data.sources import raw_records
 from dp_train.synth import write_synthetic_shards
 
 REPO = Path(__file__).resolve().parents[1]

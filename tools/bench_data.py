@@ -44,11 +44,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from dp_train.data import augment, schema, stream
+from dp_train.data import augment, samples, stream
 from dp_train.data.augment import AugmentConfig
 from dp_train.data.datamodule import DepthDataModule
-from dp_train.shards import write_text_atomic
-from dp_train.data.stream import SourceConfig, sample_seed
+from dp_train.data.health import SourceHealth
+from dp_train.data.sources import SourceConfig, raw_records
+from dp_train.data.stream import sample_seed
+from dp_train.shards import decode, decode_sample, shard_urls, write_text_atomic
 from dp_train.synth import write_synthetic_shards
 
 PREFIX = "bench"
@@ -104,10 +106,10 @@ def write_loose(index: Path, out_dir: Path) -> list[str]:
     """Copy every shard sample to loose files: KEY.jpg (the shard's own Pillow JPEG bytes, so both
     loaders decode identical images), KEY.npy (float32 depth) and KEY.json ({"f_px": ...})."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    health = stream.SourceHealth("loose", max_bad_fraction=0.0, min_records=1)
+    health = SourceHealth("loose", max_bad_fraction=0.0, min_records=1)
     keys = []
-    for raw in stream.raw_records(schema.shard_urls(index), 1, 0, health):
-        sample = schema.decode_sample(raw)
+    for raw in raw_records(shard_urls(index), 1, 0, health):
+        sample = decode_sample(raw)
         (out_dir / f"{sample.key}.jpg").write_bytes(raw["jpg"])
         np.save(out_dir / f"{sample.key}.npy", sample.depth.astype(np.float32))
         (out_dir / f"{sample.key}.json").write_text(json.dumps({"f_px": sample.meta.f_px}))
@@ -290,9 +292,9 @@ class TimedCalls:
 
 STAGES = {  # (module, function the stream calls through that module's globals) -> stage name
     (stream, "raw_records"): "read raw record",
-    (schema, "_decode_image"): "decode image",
-    (schema, "_decode_depth"): "decode depth",
-    (stream, "decode_sample"): "decode: json, checks",
+    (decode, "_decode_image"): "decode image",
+    (decode, "_decode_depth"): "decode depth",
+    (samples, "decode_sample"): "decode: json, checks",
     (augment, "make_view"): "crop, resize, flip",
     (augment, "inverse_depth_target"): "target (inverse depth)",
     (stream, "collate"): "collate",

@@ -65,7 +65,7 @@ def load_start(recipe: dict):
 def val_batches(recipe: dict):
     """The recipe's validation samples as the network sees them (EvalTransform at image_size)."""
     from dp_train.data.datamodule import DepthDataModule
-    from dp_train.data.stream import SourceConfig
+    from dp_train.data.sources import SourceConfig
 
     data = recipe["data"]
     dm = DepthDataModule(val_sources=[SourceConfig(**s) for s in data["val_sources"]], image_size=data["image_size"],

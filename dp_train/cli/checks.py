@@ -10,7 +10,7 @@ import os
 from typing import Any
 
 from dp_train.train.curriculum import CurriculumCallback
-from dp_train.data.stream import check_source_use
+from dp_train.data.samples import check_source_use
 
 
 def check_recipe(subcommand: str | None, model: Any, datamodule: Any, trainer: Any) -> None:

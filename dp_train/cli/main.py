@@ -25,7 +25,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.strategies import ModelParallelStrategy
 
 from dp_train.shards import ShardIndexError
-from dp_train.data.stream import DataError
+from dp_train.data.health import DataError
 from dp_train.model.config import network_shape
 from dp_train.model.weights import safetensors_shape
 from dp_train.cli.moved import moved

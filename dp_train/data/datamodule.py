@@ -10,7 +10,9 @@ import lightning as L
 from dp_train.data.augment import AugmentConfig, EvalTransform, TrainTransform
 from dp_train.data.loader import START_METHODS, EpochLoader, epoch_loader, resolve_start_method
 from dp_train.data.repeats import EvaluatedOnce
-from dp_train.data.stream import DEFAULT_READ_TIMEOUT, SourceConfig, TrainStream, ValStream, normalize_images
+from dp_train.data.collate import normalize_images
+from dp_train.data.sources import DEFAULT_READ_TIMEOUT, SourceConfig
+from dp_train.data.stream import TrainStream, ValStream
 from dp_train.data.stream_position import StreamPosition, resume_point, stream_settings
 from dp_train.utils.ranges import POSITIVE, SHARE, Range, check_ranges
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import lightning as L
 
-from dp_train.data.stream import SourceConfig
+from dp_train.data.sources import SourceConfig
 from dp_train.runtime.per_rank import gather_per_rank, own_entry
 
 log = logging.getLogger(__name__)

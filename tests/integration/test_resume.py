@@ -22,7 +22,7 @@ import yaml
 
 from dp_train.cli.main import main
 from dp_train.data.datamodule import DepthDataModule
-from dp_train.data.stream import SourceConfig
+from dp_train.data.sources import SourceConfig
 from dp_train.synth import write_synthetic_shards
 from dp_train.runtime.checkpoint_io import AtomicCheckpointIO, CheckpointError
 from tests.helpers.cli import child_env, dp_train_command

@@ -13,7 +13,7 @@ from dp_train.convert.errors import ConvertError
 from dp_train.convert.make_shards import main as make_shards
 from dp_train.convert.readers import read_focal_file
 from dp_train.shards import encode_sample
-from dp_train.data.stream import SourceConfig
+from dp_train.data.sources import SourceConfig
 from tests.unit.data.test_datamodule import datamodule, plane_sample, raw_tar
 from tests.integration.test_resume import mid_epoch_checkpoint, resumed_datamodule, shards  # noqa: F401 - shards: a fixture
 

@@ -22,7 +22,9 @@ from dp_train.data.augment import AugmentConfig, EvalTransform, TrainTransform
 from dp_train.data.datamodule import DepthDataModule
 from dp_train.data.loader import wait_for_exit
 from dp_train.shards import SampleMeta, ShardWriter, encode_sample, make_sample
-from dp_train.data.stream import DataError, SourceConfig, TrainStream
+from dp_train.data.health import DataError
+from dp_train.data.sources import SourceConfig
+from dp_train.data.stream import TrainStream
 from tests.helpers.cli import child_env
 
 SIZE = 16  # network input side used by these tests

@@ -18,7 +18,9 @@ from dp_train.cli.main import main
 from dp_train.data.augment import EvalTransform, TrainTransform
 from dp_train.data.datamodule import DepthDataModule
 from dp_train.shards import SampleError, ShardWriter, decode_sample, encode_sample
-from dp_train.data.stream import DataError, SourceConfig, SourceHealth, TrainStream, ValStream, raw_records
+from dp_train.data.health import DataError, SourceHealth
+from dp_train.data.sources import SourceConfig, raw_records
+from dp_train.data.stream import TrainStream, ValStream
 from tests.unit.data.test_datamodule import SIZE, keys_of, plane_sample, raw_tar
 
 

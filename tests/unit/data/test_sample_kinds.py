@@ -14,7 +14,9 @@ import yaml
 from dp_train.cli.main import main
 from dp_train.data.augment import EvalTransform, TrainTransform
 from dp_train.shards import SampleError, SampleMeta, ShardWriter, decode_sample, encode_sample, make_sample
-from dp_train.data.stream import DataError, SourceConfig, TrainStream, ValStream
+from dp_train.data.health import DataError
+from dp_train.data.sources import SourceConfig
+from dp_train.data.stream import TrainStream, ValStream
 from dp_train.evaluation.per_image import align_scale_shift, evaluated_images
 from dp_train.evaluation.metrics import depth_metrics
 from dp_train.synth import write_synthetic_shards

@@ -10,7 +10,8 @@ import torch
 from dp_train.data.datamodule import DepthDataModule
 from dp_train.data.native import native_truth
 from dp_train.shards import SampleMeta, ShardWriter, make_sample
-from dp_train.data.stream import SourceConfig, apply_flags
+from dp_train.data.samples import apply_flags
+from dp_train.data.sources import SourceConfig
 from dp_train.evaluation.per_image import evaluated_images
 from dp_train.evaluation.metrics import depth_metrics
 

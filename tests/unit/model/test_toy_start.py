@@ -14,7 +14,8 @@ import torch
 from safetensors import safe_open
 
 from dp_train.shards import decode_sample, shard_urls
-from dp_train.data.stream import SourceHealth, raw_records
+from dp_train.data.health import SourceHealth
+from dp_train.data.sources import raw_records
 from dp_train.inference.images import image_to_tensor
 from dp_train.evaluation.metrics import depth_metrics
 from dp_train.model import build_depth_pro, load_weights

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from dp_train.shards import decode_sample, shard_urls
-from dp_train.data.stream import SourceHealth, raw_records
+from dp_train.data.health import SourceHealth
+from dp_train.data.sources import raw_records
 from dp_train.synth import render_scene, write_synthetic_shards
 
 from tests.helpers.paths import TOOLS
