@@ -34,7 +34,9 @@ from dp_train.runtime.checkpoint_io import AtomicCheckpointIO, CheckpointError, 
 from dp_train.cli.checks import check_recipe
 from dp_train.cli.recipe_file import RecipeFile
 from dp_train.cli.save_config import VersionedSaveConfig
-from dp_train.runtime.slurm import SIGNALS, Preempted, PreemptionCheckpoint, start_wandb_service, use_stable_wandb_run
+from dp_train.runtime.preemption import Preempted, PreemptionCheckpoint
+from dp_train.runtime.scheduler_signals import SIGNALS
+from dp_train.runtime.wandb_run import start_wandb_service, use_stable_wandb_run
 
 LIGHTNING_COMMANDS: dict[str, str] = {
     "fit": "train from a recipe (--recipe FILE.yaml, repeatable; dotted overrides)",

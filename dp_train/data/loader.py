@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from dp_train.data.stream import TrainStream, ValStream, sample_seed
-from dp_train.runtime.slurm import scheduler_signals_blocked, take_scheduler_signals_in_worker
+from dp_train.runtime.scheduler_signals import scheduler_signals_blocked, take_scheduler_signals_in_worker
 
 START_METHODS = ("auto", None, "fork", "spawn", "forkserver")
 """Accepted `worker_start_method` values."""

@@ -10,7 +10,7 @@ from typing import Any
 
 import lightning as L
 
-from dp_train.runtime.slurm import SIGNALS
+from dp_train.runtime.scheduler_signals import SIGNALS
 
 
 class PauseIn(L.Callback):
