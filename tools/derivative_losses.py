@@ -90,7 +90,7 @@ def edge_band(target: torch.Tensor, valid: torch.Tensor, ratio: float = 1.05) ->
 def probe(args: argparse.Namespace) -> None:
     """Term values and gradients at the start; F1 ceilings of coarse outputs."""
     from dp_train.losses.objective import Objective, depth_objective
-    from dp_train.evaluation.metrics import si_boundary_f1
+    from dp_train.evaluation.boundary import si_boundary_f1
 
     recipe = yaml.safe_load(RECIPE.read_text())
     net = load_start(recipe)

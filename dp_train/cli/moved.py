@@ -36,8 +36,16 @@ MOVED_MODULES = {
 MOVED_CLASSES = {
     "dp_train.resume.AtomicModelParallelStrategy": "dp_train.runtime.strategy.AtomicModelParallelStrategy",
     "dp_train.resume.AtomicCheckpointIO": "dp_train.runtime.checkpoint_io.AtomicCheckpointIO",
+    **{f"{module}.PreemptionCheckpoint": "dp_train.runtime.preemption.PreemptionCheckpoint"
+       for module in ("dp_train.slurm", "dp_train.runtime.slurm")},
+    **{f"{module}.{name}": f"dp_train.evaluation.{new}.{name}"
+       for module in ("dp_train.metrics", "dp_train.evaluation.metrics")
+       for new, names in (("depth_accuracy", ("DepthMetrics", "AlignedDepthMetrics")),
+                          ("boundary", ("BoundaryF1", "BoundaryRecall")), ("focal", ("FocalMetrics",)))
+       for name in names},
 }
-"""Class -> class, for the classes of modules that were split (a recipe can name only these two of them)."""
+"""Class -> class, for the classes of modules that were split (runtime/slurm.py and evaluation/metrics.py were
+split after the package layout: their old 0.2 paths are here too)."""
 _CLASS_PATH = re.compile(r"dp_train(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
 
 

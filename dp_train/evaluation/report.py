@@ -33,16 +33,10 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
 from dp_train.evaluation.per_image import EvaluatedImage, evaluated_images, focal_from_fov
-from dp_train.evaluation.metrics import (
-    BOUNDARY_THRESHOLDS,
-    ALIGNED_METRIC_NAMES,
-    BOUNDARY_WEIGHTS,
-    DEPTH_METRIC_NAMES,
-    depth_metrics,
-    focal_errors,
-    si_boundary_f1_per_threshold,
-    si_boundary_recall,
-)
+from dp_train.evaluation.boundary import (BOUNDARY_THRESHOLDS, BOUNDARY_WEIGHTS, si_boundary_f1_per_threshold,
+                                          si_boundary_recall)
+from dp_train.evaluation.depth_accuracy import ALIGNED_METRIC_NAMES, DEPTH_METRIC_NAMES, depth_metrics
+from dp_train.evaluation.focal import focal_errors
 from dp_train.evaluation.paper_tables import PaperTable, paper_tables
 from dp_train.runtime.per_rank import gather_per_rank
 from dp_train.utils.visualize import depth_panel

@@ -16,7 +16,9 @@ from torchmetrics.aggregation import SumMetric
 
 from dp_train.evaluation.per_image import EvaluatedImage, evaluated_images, focal_from_fov
 from dp_train.losses import Objective, depth_objective, fov_objective
-from dp_train.evaluation.metrics import AlignedDepthMetrics, BoundaryF1, BoundaryRecall, DepthMetrics, FocalMetrics
+from dp_train.evaluation.boundary import BoundaryF1, BoundaryRecall
+from dp_train.evaluation.depth_accuracy import AlignedDepthMetrics, DepthMetrics
+from dp_train.evaluation.focal import FocalMetrics
 from dp_train.model import DepthProConfig, build_depth_pro, load_weights
 from dp_train.utils.ranges import POSITIVE, Range, check_ranges
 from dp_train.runtime.per_rank import gather_per_rank, own_entry, rng_state, set_rng_state

@@ -18,7 +18,7 @@ from dp_train.data.health import DataError
 from dp_train.data.sources import SourceConfig
 from dp_train.data.stream import TrainStream, ValStream
 from dp_train.evaluation.per_image import align_scale_shift, evaluated_images
-from dp_train.evaluation.metrics import depth_metrics
+from dp_train.evaluation.depth_accuracy import depth_metrics
 from dp_train.synth import write_synthetic_shards
 from tests.unit.data.test_datamodule import SIZE, keys_of
 

@@ -13,7 +13,7 @@ from dp_train.shards import SampleMeta, ShardWriter, make_sample
 from dp_train.data.samples import apply_flags
 from dp_train.data.sources import SourceConfig
 from dp_train.evaluation.per_image import evaluated_images
-from dp_train.evaluation.metrics import depth_metrics
+from dp_train.evaluation.depth_accuracy import depth_metrics
 
 # Bilinear 2 -> 4 upsampling with half-pixel centres samples the input at -0.25, 0.25, 0.75, 1.25 (clamped to
 # 0 and 1 at the borders): weights 0, 1/4, 3/4, 1 of the second input pixel along each axis.

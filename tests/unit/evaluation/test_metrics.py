@@ -9,17 +9,9 @@ import pytest
 import torch
 
 from tests.helpers.paths import FIXTURES
-from dp_train.evaluation.metrics import (
-    DEPTH_METRIC_NAMES,
-    BoundaryF1,
-    BoundaryRecall,
-    DepthMetrics,
-    FocalMetrics,
-    depth_metrics,
-    focal_errors,
-    si_boundary_f1,
-    si_boundary_recall,
-)
+from dp_train.evaluation.boundary import BoundaryF1, BoundaryRecall, si_boundary_f1, si_boundary_recall
+from dp_train.evaluation.depth_accuracy import DEPTH_METRIC_NAMES, DepthMetrics, depth_metrics
+from dp_train.evaluation.focal import FocalMetrics, focal_errors
 
 BOUNDARY_CASES = range(6)
 

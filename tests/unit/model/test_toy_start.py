@@ -17,7 +17,7 @@ from dp_train.shards import decode_sample, shard_urls
 from dp_train.data.health import SourceHealth
 from dp_train.data.sources import raw_records
 from dp_train.inference.images import image_to_tensor
-from dp_train.evaluation.metrics import depth_metrics
+from dp_train.evaluation.depth_accuracy import depth_metrics
 from dp_train.model import build_depth_pro, load_weights
 from dp_train.inference.predict import load_model
 from tests.helpers.paths import REPO, TOOLS
