@@ -10,7 +10,6 @@ import lightning as L
 import numpy as np
 import torch
 from torch import nn
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.aggregation import SumMetric
 
@@ -18,6 +17,7 @@ from dp_train.evaluation.per_image import EvaluatedImage, evaluated_images, foca
 from dp_train.losses import Objective, depth_objective, fov_objective
 from dp_train.evaluation.metrics import AlignedDepthMetrics, BoundaryF1, BoundaryRecall, DepthMetrics, FocalMetrics
 from dp_train.model import DepthProConfig, build_depth_pro, load_weights
+from dp_train.model.parallelize import parallelize
 from dp_train.utils.ranges import POSITIVE, Range, check_ranges
 from dp_train.runtime.per_rank import gather_per_rank, own_entry, rng_state, set_rng_state
 from dp_train.train.schedules import build_schedule
@@ -142,24 +142,9 @@ class DepthProModule(L.LightningModule):
                     module.requires_grad_(False)
 
     def configure_model(self) -> None:
-        """Shard with FSDP2 when the trainer's strategy is `ModelParallelStrategy` (it sets a device mesh).
-
-        Every ViT block and every decoder fusion stage is its own `fully_shard` unit (its parameters
-        are gathered just before it runs and freed after), the rest belongs to the root unit.
-        Parameters compute in `fsdp_param_dtype`; gradient reduction and the sharded float32 master
-        weights the optimizer updates stay in float32. Activation checkpointing is the network's
-        `grad_checkpointing` option (per ViT block).
-        """
-        mesh = self.device_mesh
-        if mesh is None or isinstance(self.net, FSDPModule):
-            return
-        mesh = mesh["data_parallel"] if mesh.mesh_dim_names and "data_parallel" in mesh.mesh_dim_names else mesh
-        policy = MixedPrecisionPolicy(param_dtype=getattr(torch, self.hparams.fsdp_param_dtype),
-                                      reduce_dtype=torch.float32)
-        units = [block for vit in self.net.vits() for block in vit.blocks] + list(self.net.decoder.fusions)
-        for unit in units:
-            fully_shard(unit, mesh=mesh, mp_policy=policy)
-        fully_shard(self.net, mesh=mesh, mp_policy=policy)
+        """Apply activation checkpointing (`network.grad_checkpointing`) and, when the strategy sets a device
+        mesh (`ModelParallelStrategy`), FSDP2 sharding in `fsdp_param_dtype` (dp_train/model/parallelize.py)."""
+        parallelize(self.net, self.device_mesh, self.hparams.fsdp_param_dtype, self.net.config.grad_checkpointing)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Add every rank's RNG states (a collective: Lightning builds the checkpoint on all ranks)."""
