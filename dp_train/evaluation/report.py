@@ -28,11 +28,10 @@ from typing import Any
 import lightning as L
 import matplotlib
 import numpy as np
-import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
-from dp_train.evaluation.per_image import EvaluatedImage, evaluated_images, focal_from_fov
+from dp_train.evaluation.per_image import EvaluatedImage, focal_from_fov
 from dp_train.evaluation.metrics import (
     BOUNDARY_THRESHOLDS,
     ALIGNED_METRIC_NAMES,
@@ -145,8 +144,6 @@ class EvaluationReport(Callback):
         self.out_dir = Path(out_dir)
         self.worst_cases = worst_cases
         self.depth_bins = depth_bins
-        self._hook: Any = None
-        self._output: tuple[Tensor, Tensor | None] | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -156,33 +153,21 @@ class EvaluationReport(Callback):
         self._counter = itertools.count()
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Start recording: the network's outputs are captured by a forward hook (no second forward pass)."""
+        """Start recording."""
         self._reset()
-        self._hook = pl_module.net.register_forward_hook(self._capture)
-
-    def _capture(self, module: torch.nn.Module, inputs: Any, output: tuple[Tensor, Tensor | None]) -> None:
-        self._output = output
-
-    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Stop capturing the network's outputs."""
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
 
     def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: dict,
                           batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Record every real image of the batch (padding images are skipped)."""
-        if self._output is None:
-            return
-        pred, fov = self._output
-        self._output = None
-        real = ~batch["padding"] if "padding" in batch else torch.ones_like(batch["source"], dtype=torch.bool)
-        if real.any():
-            self._record(pl_module.source_names("test"), pred.detach(), fov, batch, real)
+        """Record every real image `test_step` scored (its outputs: the network's `pred` and `fov` and the scored
+        `images`, dp_train/evaluation/scoring.py; padding images are not among them)."""
+        if outputs:
+            self._record(pl_module.source_names("test"), outputs["pred"].detach(), outputs["fov"], batch,
+                         outputs["images"])
 
-    def _record(self, names: list[str], pred: Tensor, fov: Tensor | None, batch: dict, chosen: Tensor) -> None:
-        """Metrics, depth histograms and worst-case candidates of the chosen images."""
-        for image in evaluated_images(pred, batch, chosen):
+    def _record(self, names: list[str], pred: Tensor, fov: Tensor | None, batch: dict,
+                images: list[EvaluatedImage]) -> None:
+        """Metrics, depth histograms and worst-case candidates of the scored images."""
+        for image in images:
             i = image.index
             row = {"dataset": names[int(batch["source"][i])], "key": batch["key"][i], "empty": int(image.is_empty)}
             pred_depth = image.depth()
