@@ -16,7 +16,8 @@ from dp_train.utils.ranges import POSITIVE, Range, check_ranges
 from dp_train.runtime.per_rank import gather_per_rank, own_entry, rng_state, set_rng_state
 from dp_train.train.optim import adamw_per_step, freeze_for_mode, freeze_vit_layernorms, parameter_groups
 from dp_train.train.step_logs import TrainingLogs
-from dp_train.train.schedules import build_schedule
+from dp_train.train.curriculum import lr_restarts
+from dp_train.train.schedules import build_schedule, drop_legacy_state
 
 MODEL_RANGES: dict[str, Range] = {
     "trim_fraction": Range(0, 1, high_open=True), "derivative_scales": Range(1), "lr_encoder": POSITIVE,
@@ -118,7 +119,9 @@ class DepthProModule(L.LightningModule):
         checkpoint["rng_per_rank"] = gather_per_rank(rng_state())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep this rank's RNG states for the first training batch after the resume (see below)."""
+        """Keep this rank's RNG states for the first training batch after the resume (see below); drop what
+        earlier versions patched into the LR schedule (dp_train/train/schedules.py: `drop_legacy_state`)."""
+        drop_legacy_state(checkpoint)
         if "rng_per_rank" in checkpoint:
             self._resumed_rng = own_entry(checkpoint["rng_per_rank"], "RNG state")
 
@@ -147,21 +150,11 @@ class DepthProModule(L.LightningModule):
     def configure_optimizers(self) -> dict:
         """AdamW (Adam at weight decay 0) with separate encoder / decoder learning rates; the LR schedule per step."""
         hp = self.hparams
-        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
-        schedule = build_schedule(hp.lr_schedule, hp.warmup_steps, total, hp.min_lr_ratio, hp.decay_at)
+        total, restarts = 1, []
+        if self._trainer is not None:
+            total, restarts = int(self.trainer.estimated_stepping_batches), lr_restarts(self.trainer.callbacks)
+        schedule = build_schedule(hp.lr_schedule, hp.warmup_steps, total, hp.min_lr_ratio, hp.decay_at, restarts)
         return adamw_per_step(parameter_groups(self.net, hp.lr_encoder, hp.lr_decoder, hp.weight_decay), schedule)
-
-    def set_lr_schedule_ends(self, steps: list[int]) -> None:
-        """Tell the LR schedule where later stages restart it, so each stage's phases fit that stage."""
-        for config in self.trainer.lr_scheduler_configs:
-            for schedule in config.scheduler.lr_lambdas:
-                schedule.ends = sorted(steps)
-
-    def restart_lr_schedule(self) -> None:
-        """Restart the LR schedule (warm-up first) from the current step (used at a curriculum switch)."""
-        for config in self.trainer.lr_scheduler_configs:
-            for schedule in config.scheduler.lr_lambdas:
-                schedule.offset = self.global_step
 
     # --------------------------------------------------------------- training
 
