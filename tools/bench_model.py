@@ -22,6 +22,7 @@ import time
 import torch
 
 from dp_train.model import DepthProConfig, build_depth_pro
+from dp_train.model.parallelize import parallelize
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -35,7 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="autocast dtype (fp32: none)")
     parser.add_argument("--grad-checkpointing", action="store_true")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the network")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile each block (regional: dp_train.model.parallelize)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--matrix", action="store_true", help="sweep checkpointing x compile, one process each")
@@ -70,22 +72,20 @@ def time_steps(step, args: argparse.Namespace) -> float:
 
 def run_single(args: argparse.Namespace) -> dict:
     """Measure one configuration in this process."""
-    overrides = {"grad_checkpointing": args.grad_checkpointing}
-    if args.vit_img_size:
-        overrides["vit_img_size"] = args.vit_img_size
+    overrides = {"vit_img_size": args.vit_img_size} if args.vit_img_size else {}
     cfg = DepthProConfig.preset(args.preset, **overrides)
-    model = build_depth_pro(cfg).to(args.device)
-    network = torch.compile(model) if args.compile else model
+    model = parallelize(build_depth_pro(cfg).to(args.device), None,
+                        activation_checkpointing=args.grad_checkpointing, compile=args.compile)
     x = torch.rand(args.batch_size, 3, cfg.img_size, cfg.img_size, device=args.device) * 2 - 1
     autocast = torch.autocast(args.device, dtype=DTYPES[args.dtype], enabled=args.dtype != "fp32")
 
     def forward() -> None:
         with torch.no_grad(), autocast:
-            network(x)
+            model(x)
 
     def forward_backward() -> None:
         with autocast:
-            cid, fov = network(x)
+            cid, fov = model(x)
             loss = cid.float().mean() + fov.float().mean()
         loss.backward()
         model.zero_grad(set_to_none=True)

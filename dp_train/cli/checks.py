@@ -11,6 +11,7 @@ from typing import Any
 
 from dp_train.train.curriculum import CurriculumCallback
 from dp_train.data.samples import check_source_use
+from dp_train.model.parallelize import refuse_beside_fsdp
 
 
 def check_recipe(subcommand: str | None, model: Any, datamodule: Any, trainer: Any) -> None:
@@ -21,6 +22,7 @@ def check_recipe(subcommand: str | None, model: Any, datamodule: Any, trainer: A
         check_names(f"data.{key}", getattr(datamodule, key))
         check_shard_lists(f"data.{key}", getattr(datamodule, key))
     check_sources_for(subcommand, datamodule)
+    refuse_beside_fsdp(trainer.strategy, trainer.callbacks)
     if subcommand == "fit":
         check_checkpoint_dirs(trainer)
         check_source_use("data.train_sources", datamodule.train_sources, getattr(model, "mode", "depth"))

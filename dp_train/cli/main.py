@@ -18,11 +18,8 @@ from typing import NoReturn
 
 from jsonargparse import lazy_instance
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.strategies import ModelParallelStrategy
 
 from dp_train.shards import ShardIndexError
 from dp_train.data.health import DataError
@@ -124,7 +121,6 @@ class DepthProCLI(LightningCLI):
         except (ValueError, KeyError, FileNotFoundError, MisconfigurationException) as err:
             message = err.args[0] if isinstance(err, KeyError) and err.args else err
             raise RecipeError(short_reason(str(message))) from None
-        refuse_weight_averaging_under_fsdp(self.trainer)
 
     def before_instantiate_classes(self) -> None:
         """`--weights` fills `model.init_from` (evaluating released weights reads like evaluating a checkpoint)."""
@@ -186,16 +182,6 @@ def error_line(err: Exception) -> str:
         prefix = f"{type(err).__module__}.{type(err).__name__}: "
         return lines[-1].removeprefix(prefix)
     return " ".join(lines)
-
-
-def refuse_weight_averaging_under_fsdp(trainer: Trainer) -> None:
-    """EMAWeightAveraging deep-copies the model, which FSDP2's sharded modules refuse (a traceback on every rank
-    once training starts): say so before any work."""
-    if isinstance(trainer.strategy, ModelParallelStrategy):
-        for callback in trainer.callbacks:
-            if isinstance(callback, WeightAveraging):
-                raise RecipeError(f"{type(callback).__name__} (trainer.callbacks) cannot run under FSDP "
-                                  "(ModelParallelStrategy): it deep-copies the sharded model; remove it or use DDP")
 
 
 def separate_sweep_checkpoints(trainer) -> None:

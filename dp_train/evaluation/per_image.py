@@ -18,7 +18,7 @@ to score is `is_empty` (counted, never dropped).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +62,7 @@ class EvaluatedImage:
     sparse: bool
     has_truth: bool = True
     relative_target: Tensor | None = None
+    _aligned: tuple[Tensor, Tensor, Tensor] | None = field(default=None, init=False, repr=False, compare=False)
 
     def depth(self, f_px: Tensor | None = None) -> Tensor:
         """Predicted metric depth (H,W) with the given focal length of the network input (default: the true one)."""
@@ -85,7 +86,14 @@ class EvaluatedImage:
     def aligned(self) -> tuple[Tensor, Tensor, Tensor]:
         """(prediction, ground truth, mask) of a relative sample as depth-like maps, for AbsRel and delta1: the
         canonical inverse depth fitted per image to the inverse-depth-like ground truth by least-squares scale
-        and shift over its valid pixels, then both inverted."""
+        and shift over its valid pixels, then both inverted. Fitted once per image: the module's metrics and the
+        report's per-image row share it."""
+        if self._aligned is None:
+            self._aligned = self._fit_aligned()
+        return self._aligned
+
+    def _fit_aligned(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The fit `aligned` returns (computed on its first call)."""
         mask = self.relative_valid
         target = self.relative_target.float()
         fitted = align_scale_shift(self.canonical, target, mask)

@@ -28,6 +28,7 @@ class DepthProConfig:
     decoder_features: int = 256
     fov_head: bool = True
     grad_checkpointing: bool = False
+    """Activation checkpointing of every ViT block, applied by `dp_train.model.parallelize` (training)."""
     dinov2_weights: str | None = None
     """Optional local DINOv2 state dict (.pth/.safetensors) to initialise the ViTs."""
 

@@ -34,7 +34,6 @@ def create_vit(cfg: DepthProConfig) -> nn.Module:
         dynamic_img_size=True,
         num_classes=0,
     )
-    vit.set_grad_checkpointing(cfg.grad_checkpointing)
     return vit
 
 

@@ -17,7 +17,8 @@ class Stage:
     `mixture` ({source name: weight}; unnamed train sources get 0) and `loss`
     default to the previous stage's (the first stage: the datamodule's source
     weights and the module's objective, dp_train/losses/objective.py). `reset_lr`
-    restarts the LR schedule (warm-up first) when the stage begins.
+    restarts the LR schedule (warm-up first) at `start_step`: the schedule is built
+    knowing these steps (`lr_restarts`, dp_train/train/schedules.py).
     """
 
     name: str
@@ -91,10 +92,6 @@ class CurriculumCallback(L.Callback):
             schedule.append((stage_.start_step * trainer.accumulate_grad_batches, weights))
         datamodule.set_mixture_schedule(schedule)
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Tell the LR schedule where `reset_lr` stages restart it (each stage gets its own warm-up and phases)."""
-        pl_module.set_lr_schedule_ends([s.start_step for s in self.stages if s.reset_lr])
-
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         """Enter a new stage at its first step; re-apply the stage's loss after a resume."""
         index = self.stage_at(trainer.global_step)
@@ -103,10 +100,7 @@ class CurriculumCallback(L.Callback):
             self._applied = index
         if index != self.entered:
             self.entered = index
-            stage = self.stages[index]
-            if stage.reset_lr:
-                pl_module.restart_lr_schedule()
-            rank_zero_info(f"curriculum: entering stage {stage.name!r} at step {trainer.global_step}")
+            rank_zero_info(f"curriculum: entering stage {self.stages[index].name!r} at step {trainer.global_step}")
         pl_module.log("curriculum/stage", float(index), prog_bar=False, batch_size=1)
 
     def state_dict(self) -> dict:
@@ -116,3 +110,10 @@ class CurriculumCallback(L.Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore the last stage entered (so a resume does not re-run the switch)."""
         self.entered = state_dict["entered"]
+
+
+def lr_restarts(callbacks: list) -> list[int]:
+    """The steps at which the trainer's curriculum restarts the LR schedule (its `reset_lr` stages' start steps);
+    none without a curriculum."""
+    return [stage.start_step for callback in callbacks if isinstance(callback, CurriculumCallback)
+            for stage in callback.stages if stage.reset_lr]

@@ -2,31 +2,23 @@
 
 from __future__ import annotations
 
-import time
-import warnings
 from typing import Any, Literal
 
 import lightning as L
-import numpy as np
 import torch
 from torch import nn
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
-from torchmetrics import Metric, MetricCollection
-from torchmetrics.aggregation import SumMetric
 
-from dp_train.evaluation.per_image import EvaluatedImage, evaluated_images, focal_from_fov
+from dp_train.evaluation.scoring import epoch_logs, first_image_panel, metric_collection, real_images, score_batch
 from dp_train.losses import Objective, depth_objective, fov_objective
-from dp_train.evaluation.boundary import BoundaryF1, BoundaryRecall
-from dp_train.evaluation.depth_accuracy import AlignedDepthMetrics, DepthMetrics
-from dp_train.evaluation.focal import FocalMetrics
 from dp_train.model import DepthProConfig, build_depth_pro, load_weights
+from dp_train.model.parallelize import parallelize
 from dp_train.utils.ranges import POSITIVE, Range, check_ranges
 from dp_train.runtime.per_rank import gather_per_rank, own_entry, rng_state, set_rng_state
-from dp_train.train.schedules import build_schedule
-from dp_train.utils.visualize import depth_panel
+from dp_train.train.optim import adamw_per_step, freeze_for_mode, freeze_vit_layernorms, parameter_groups
+from dp_train.train.step_logs import TrainingLogs
+from dp_train.train.curriculum import lr_restarts
+from dp_train.train.schedules import build_schedule, drop_legacy_state
 
-NO_DECAY_NAMES = ("pos_embed", "cls_token", "gamma", "norm", "bias")
-"""Parameters kept out of weight decay: embeddings, layer scales, norms and biases."""
 MODEL_RANGES: dict[str, Range] = {
     "trim_fraction": Range(0, 1, high_open=True), "derivative_scales": Range(1), "lr_encoder": POSITIVE,
     "lr_decoder": POSITIVE, "weight_decay": Range(0), "min_lr_ratio": Range(0, 1),
@@ -41,15 +33,6 @@ def build_network(preset: str, network: dict[str, Any] | None) -> nn.Module:
     except TypeError as err:
         raise ValueError(f"model.network: {err}".replace("DepthProConfig.__init__() ", "")) from None
     return build_depth_pro(cfg)
-
-
-def computed(metric: Metric) -> Any:
-    """The metric's value; one that no image of this rank updated (a source whose ground truth does not feed
-    it, e.g. depth metrics of a matte set: NaN) is computed without torchmetrics' warning about it."""
-    with warnings.catch_warnings():
-        if not metric.update_called:
-            warnings.filterwarnings("ignore", message=r".*was called before the ``update`` method")
-        return metric.compute()
 
 
 class DepthProModule(L.LightningModule):
@@ -119,56 +102,26 @@ class DepthProModule(L.LightningModule):
         loss.check("model.loss")
         self.loss_weights = loss
         build_schedule(lr_schedule, warmup_steps, 1, min_lr_ratio, decay_at)  # refuse bad settings before any work
-        self._freeze_for_mode()
+        freeze_for_mode(self.net, mode)
         if freeze_vit_norms:
-            self._freeze_vit_norms()
+            freeze_vit_layernorms(self.net)
         self.eval_metrics = nn.ModuleDict()
-        self._bad_records: torch.Tensor | None = None
-        self._last_batch_time: float | None = None
+        self._step_logs = TrainingLogs()
         self._resumed_rng: dict[str, Any] | None = None
 
-    def _freeze_for_mode(self) -> None:
-        """FOV mode trains only `fov.*` (the depth network frozen); depth mode freezes `fov.*` (the FOV
-        head is trained separately; frozen, DDP does not wait for gradients it never gets)."""
-        if self.mode == "fov" and self.net.fov is None:
-            raise ValueError("mode='fov' needs a network with fov_head=True")
-        for name, param in self.net.named_parameters():
-            if name.startswith("fov.") != (self.mode == "fov"):
-                param.requires_grad_(False)
-
-    def _freeze_vit_norms(self) -> None:
-        """Freeze every LayerNorm of the ViT encoders (their pretrained statistics stay as loaded)."""
-        for vit in self.net.vits():
-            for module in vit.modules():
-                if isinstance(module, nn.LayerNorm):
-                    module.requires_grad_(False)
-
     def configure_model(self) -> None:
-        """Shard with FSDP2 when the trainer's strategy is `ModelParallelStrategy` (it sets a device mesh).
-
-        Every ViT block and every decoder fusion stage is its own `fully_shard` unit (its parameters
-        are gathered just before it runs and freed after), the rest belongs to the root unit.
-        Parameters compute in `fsdp_param_dtype`; gradient reduction and the sharded float32 master
-        weights the optimizer updates stay in float32. Activation checkpointing is the network's
-        `grad_checkpointing` option (per ViT block).
-        """
-        mesh = self.device_mesh
-        if mesh is None or isinstance(self.net, FSDPModule):
-            return
-        mesh = mesh["data_parallel"] if mesh.mesh_dim_names and "data_parallel" in mesh.mesh_dim_names else mesh
-        policy = MixedPrecisionPolicy(param_dtype=getattr(torch, self.hparams.fsdp_param_dtype),
-                                      reduce_dtype=torch.float32)
-        units = [block for vit in self.net.vits() for block in vit.blocks] + list(self.net.decoder.fusions)
-        for unit in units:
-            fully_shard(unit, mesh=mesh, mp_policy=policy)
-        fully_shard(self.net, mesh=mesh, mp_policy=policy)
+        """Apply activation checkpointing (`network.grad_checkpointing`) and, when the strategy sets a device
+        mesh (`ModelParallelStrategy`), FSDP2 sharding in `fsdp_param_dtype` (dp_train/model/parallelize.py)."""
+        parallelize(self.net, self.device_mesh, self.hparams.fsdp_param_dtype, self.net.config.grad_checkpointing)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Add every rank's RNG states (a collective: Lightning builds the checkpoint on all ranks)."""
         checkpoint["rng_per_rank"] = gather_per_rank(rng_state())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep this rank's RNG states for the first training batch after the resume (see below)."""
+        """Keep this rank's RNG states for the first training batch after the resume (see below); drop what
+        earlier versions patched into the LR schedule (dp_train/train/schedules.py: `drop_legacy_state`)."""
+        drop_legacy_state(checkpoint)
         if "rng_per_rank" in checkpoint:
             self._resumed_rng = own_entry(checkpoint["rng_per_rank"], "RNG state")
 
@@ -192,55 +145,16 @@ class DepthProModule(L.LightningModule):
         for split in ("val", "test") if stage == "test" else ("val",):
             for name in self.source_names(split):
                 if f"{split}__{name}" not in self.eval_metrics:
-                    self.eval_metrics[f"{split}__{name}"] = self._metric_collection()
-
-    def _metric_collection(self) -> MetricCollection:
-        metrics = {"depth": DepthMetrics(), "aligned": AlignedDepthMetrics(), "focal": FocalMetrics(),
-                   "empty_images": SumMetric()}
-        if self.hparams.boundary_metrics:
-            metrics |= {"boundary_f1": BoundaryF1(), "boundary_recall": BoundaryRecall()}
-        return MetricCollection(metrics, compute_groups=False)
+                    self.eval_metrics[f"{split}__{name}"] = metric_collection(self.hparams.boundary_metrics)
 
     def configure_optimizers(self) -> dict:
         """AdamW (Adam at weight decay 0) with separate encoder / decoder learning rates; the LR schedule per step."""
-        groups = self._parameter_groups()
-        optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999))
-        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
         hp = self.hparams
-        schedule = build_schedule(hp.lr_schedule, hp.warmup_steps, total, hp.min_lr_ratio, hp.decay_at)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def _parameter_groups(self) -> list[dict]:
-        """Four groups: (encoder | decoder) x (decay | no decay), trainable parameters only."""
-        encoder_prefixes = ("encoder.patch_encoder.", "encoder.image_encoder.", "fov.encoder.0.")
-        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-        for name, param in self.net.named_parameters():
-            if param.requires_grad:
-                key = (name.startswith(encoder_prefixes), not any(n in name for n in NO_DECAY_NAMES))
-                groups.setdefault(key, []).append(param)
-        hp = self.hparams
-        return [
-            {
-                "params": params,
-                "lr": hp.lr_encoder if is_encoder else hp.lr_decoder,
-                "weight_decay": hp.weight_decay if decays else 0.0,
-                "name": f"{'encoder' if is_encoder else 'decoder'}{'' if decays else '_no_decay'}",
-            }
-            for (is_encoder, decays), params in sorted(groups.items())
-        ]
-
-    def set_lr_schedule_ends(self, steps: list[int]) -> None:
-        """Tell the LR schedule where later stages restart it, so each stage's phases fit that stage."""
-        for config in self.trainer.lr_scheduler_configs:
-            for schedule in config.scheduler.lr_lambdas:
-                schedule.ends = sorted(steps)
-
-    def restart_lr_schedule(self) -> None:
-        """Restart the LR schedule (warm-up first) from the current step (used at a curriculum switch)."""
-        for config in self.trainer.lr_scheduler_configs:
-            for schedule in config.scheduler.lr_lambdas:
-                schedule.offset = self.global_step
+        total, restarts = 1, []
+        if self._trainer is not None:
+            total, restarts = int(self.trainer.estimated_stepping_batches), lr_restarts(self.trainer.callbacks)
+        schedule = build_schedule(hp.lr_schedule, hp.warmup_steps, total, hp.min_lr_ratio, hp.decay_at, restarts)
+        return adamw_per_step(parameter_groups(self.net, hp.lr_encoder, hp.lr_decoder, hp.weight_decay), schedule)
 
     # --------------------------------------------------------------- training
 
@@ -262,37 +176,10 @@ class DepthProModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         """One optimisation step's loss, with per-term, per-source, data-health and throughput logs."""
         terms, per_image = self.objective(batch)
-        batch_size = batch["image"].shape[0]
         for name, value in terms.items():
-            self.log(f"train/{name}", value, batch_size=batch_size, prog_bar=name == "loss")
-        self._log_per_source(per_image.detach(), batch["source"])
-        self._log_data_health(batch["bad_records"])
-        self._log_throughput(batch_size)
+            self.log(f"train/{name}", value, batch_size=batch["image"].shape[0], prog_bar=name == "loss")
+        self._step_logs.log(self, batch, per_image.detach(), self.source_names("train"))
         return terms["loss"]
-
-    def _log_per_source(self, per_image: torch.Tensor, source: torch.Tensor) -> None:
-        """Per source: samples in this batch (shows the mixture at work) and their mean loss."""
-        for index, name in enumerate(self.source_names("train")):
-            chosen = source == index
-            self.log(f"train/samples_{name}", chosen.sum().float(), batch_size=1)
-            if chosen.any():
-                self.log(f"train/loss_{name}", per_image[chosen].mean(), batch_size=int(chosen.sum()))
-
-    def _log_data_health(self, bad_records: torch.Tensor) -> None:
-        """Running count of skipped bad records per source on this rank (see data/stream.py)."""
-        if self._bad_records is None:
-            self._bad_records = torch.zeros_like(bad_records)
-        self._bad_records += bad_records
-        for index, name in enumerate(self.source_names("train")[: len(bad_records)]):
-            self.log(f"data/bad_records_{name}", self._bad_records[index].float(), reduce_fx="max")
-
-    def _log_throughput(self, batch_size: int) -> None:
-        """Samples per second over all ranks, from the wall time between training batches."""
-        now = time.perf_counter()
-        if self._last_batch_time is not None:
-            rate = batch_size * self.trainer.world_size / max(now - self._last_batch_time, 1e-9)
-            self.log("train/samples_per_s", rate, prog_bar=True, rank_zero_only=True)
-        self._last_batch_time = now
 
     # ------------------------------------------------------------- evaluation
 
@@ -300,9 +187,10 @@ class DepthProModule(L.LightningModule):
         """Per-source metrics on the validation sources."""
         self._evaluation_step("val", batch, batch_idx)
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        """Per-source metrics on the test (benchmark) sources."""
-        self._evaluation_step("test", batch, batch_idx)
+    def test_step(self, batch: dict, batch_idx: int) -> dict[str, Any]:
+        """Per-source metrics on the test (benchmark) sources; returns the network's outputs and the scored
+        images, which callbacks read (the evaluation report, dp_train/evaluation/report.py)."""
+        return self._evaluation_step("test", batch, batch_idx)
 
     def on_validation_epoch_end(self) -> None:
         """Log val/<source>/<metric> and val/<metric> (first source)."""
@@ -312,77 +200,31 @@ class DepthProModule(L.LightningModule):
         """Log test/<source>/<metric> and test/<metric> (first source)."""
         self._log_evaluation("test")
 
-    def _evaluation_step(self, split: str, batch: dict, batch_idx: int) -> None:
-        """Update per-source metrics on metric depth (with ground-truth focal) and focal length, at the
-        ground truth's resolution where the batch carries it (`test`, `validate`; see dp_train/evaluation/per_image.py)."""
+    def _evaluation_step(self, split: str, batch: dict, batch_idx: int) -> dict[str, Any]:
+        """Update per-source metrics on metric depth (with ground-truth focal) and focal length, at the ground
+        truth's resolution where the batch carries it (`test`, `validate`; dp_train/evaluation/scoring.py)."""
         pred, fov = self.net(batch["image"])
-        real = ~batch["padding"] if "padding" in batch else torch.ones_like(batch["source"], dtype=torch.bool)
-        names = self.source_names(split)  # padding batches (equal counts per rank) are skipped
+        names = self.source_names(split)
         for index, name in enumerate(names[: len(batch["bad_records"])]):  # skipped records, summed over ranks
             self.log(f"{split}/bad_records_{name}", batch["bad_records"][index].float(), reduce_fx="sum",
                      on_step=False, on_epoch=True, sync_dist=True, batch_size=1)
-        for image in evaluated_images(pred, batch, real):
-            metrics = self.eval_metrics[f"{split}__{names[int(batch['source'][image.index])]}"]
-            self._update_image_metrics(metrics, image, None if fov is None else fov[image.index])
+        images = score_batch([self.eval_metrics[f"{split}__{name}"] for name in names], pred, fov, batch)
         every = self.hparams.log_images_every_n_val_steps
-        if every and batch_idx % every == 0 and real.all():
+        if every and batch_idx % every == 0 and real_images(batch).all():
             self._log_panel(f"{split}/panel_{batch_idx}", batch, pred)
-
-    @staticmethod
-    def _update_image_metrics(metrics: MetricCollection, image: EvaluatedImage, fov: torch.Tensor | None) -> None:
-        """One image's contribution, by what its ground truth holds: depth metrics (metric depth, true focal
-        length), aligned AbsRel / delta1 (relative depth), focal error (a known focal length), boundary F1
-        (metric, non-sparse depth; pairs with an invalid pixel left out), boundary recall (a matte); an image
-        written with depth but with no pixel to score is counted (`empty_images`)."""
-        if image.has_depth:
-            metrics["depth"].update(image.depth()[None], image.gt_depth[None], image.valid[None])
-        if image.relative_valid.any():
-            metrics["aligned"].update(*(x[None] for x in image.aligned()))
-        if image.is_empty:
-            metrics["empty_images"].update(1.0)
-        if fov is not None:
-            metrics["focal"].update(focal_from_fov(fov, image.width), image.f_px)
-        if "boundary_f1" in metrics:
-            inverse = 1.0 / image.canonical  # scale-invariant metrics: proportional to depth is enough
-            if image.has_depth and not image.sparse:
-                metrics["boundary_f1"].update(inverse[None], image.gt_depth[None], valid=image.valid[None])
-            if image.alpha is not None:
-                metrics["boundary_recall"].update(inverse[None], image.alpha[None])
+        return {"pred": pred, "fov": fov, "images": images}
 
     def _log_evaluation(self, split: str) -> None:
-        """Compute, log and reset every source's metrics (torchmetrics syncs them across ranks).
-
-        `<split>/<metric>` is the first source's value; with several sources each
-        also gets `<split>/<source>/<metric>`.
-        """
-        names = self.source_names(split)
-        for key, collection in self.eval_metrics.items():
-            if not key.startswith(f"{split}__"):
-                continue
-            name = key.split("__", 1)[1]
-            values = {}
-            for group, metric in collection.items():
-                result = computed(metric)
-                values |= result if isinstance(result, dict) else {group: result}
-                metric.reset()
-            for metric_name, value in values.items():
-                if len(names) > 1:
-                    self.log(f"{split}/{name}/{metric_name}", value)
-                if name == names[0]:  # val/<metric>: the first source's, what checkpointing monitors
-                    self.log(f"{split}/{metric_name}", value, prog_bar=metric_name in ("abs_rel", "delta1"))
+        """Compute, log and reset every source's metrics (dp_train/evaluation/scoring.py: `epoch_logs`)."""
+        for key, value, prog_bar in epoch_logs(self.eval_metrics, split, self.source_names(split)):
+            self.log(key, value, prog_bar=prog_bar)
 
     def _log_panel(self, key: str, batch: dict, pred: torch.Tensor) -> None:
         """Send an RGB | GT | prediction | error panel of the batch's first image to the logger."""
         logger = self.logger
         if logger is None or not self.trainer.is_global_zero:
             return
-        image = ((batch["image"][0].float().permute(1, 2, 0).cpu().numpy() + 1) * 127.5).clip(0, 255)
-        panel = depth_panel(
-            image.astype(np.uint8),
-            batch["target"][0, 0].float().cpu().numpy(),
-            pred[0, 0].float().cpu().numpy(),
-            batch["valid"][0, 0].cpu().numpy(),
-        )
+        panel = first_image_panel(batch, pred)
         if hasattr(logger, "log_image"):
             logger.log_image(key=key, images=[panel], step=self.global_step)
         elif hasattr(logger.experiment, "add_image"):

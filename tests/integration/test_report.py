@@ -15,7 +15,7 @@ from dp_train.cli.main import main
 from dp_train.synth import write_synthetic_shards
 from dp_train.model.weights import save_weights
 from dp_train.train.module import build_network
-from dp_train.evaluation.report import PLOTS
+from dp_train.evaluation.report_files import PLOTS
 from tests.helpers.cli import launch
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

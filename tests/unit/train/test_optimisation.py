@@ -13,7 +13,7 @@ from dp_train.cli.main import main
 from dp_train.data.datamodule import DepthDataModule
 from dp_train.synth import write_synthetic_shards
 from dp_train.train.module import DepthProModule
-from dp_train.train.schedules import build_schedule
+from dp_train.train.schedules import build_schedule, drop_legacy_state
 from tests.integration.test_resume import STEPS, assert_same_states, final_state, kill_when, resume_recipe, start_fit, step_done
 from tests.helpers.paths import REPO
 
@@ -29,8 +29,7 @@ def test_constant_step_schedule_has_the_papers_three_phases():
 
 
 def test_a_restarted_schedule_divides_the_remaining_steps_into_the_same_phases():
-    schedule = build_schedule("constant_step", 0.01, 1000, 0.1, 0.81)
-    schedule.offset = 500  # a curriculum stage with reset_lr at step 500
+    schedule = build_schedule("constant_step", 0.01, 1000, 0.1, 0.81, restarts=[500])  # a reset_lr stage at 500
     lrs = [schedule(step) for step in range(500, 1000)]
     assert lrs[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
     assert set(lrs[5:405]) == {1.0} and set(lrs[405:]) == {0.1}
@@ -119,12 +118,20 @@ def test_a_run_with_gradient_accumulation_resumes_exactly(tmp_path_factory):
 
 def test_with_a_later_restart_each_stage_gets_its_own_three_phases():
     """A curriculum restarting the schedule at step 600 of 1000: stage 1's phases fit its 600 steps."""
-    schedule = build_schedule("constant_step", 0.01, 1000, 0.1, 0.81)
-    schedule.ends = [600]
+    schedule = build_schedule("constant_step", 0.01, 1000, 0.1, 0.81, restarts=[600])
     first = [schedule(step) for step in range(600)]
     assert first[:6] == pytest.approx([(i + 1) / 6 for i in range(6)])
     assert set(first[6:486]) == {1.0} and set(first[486:]) == {0.1}
-    schedule.offset = 600
     second = [schedule(step) for step in range(600, 1000)]
     assert second[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
     assert set(second[4:324]) == {1.0} and set(second[324:]) == {0.1}
+
+
+def test_the_schedule_is_a_pure_function_of_the_step_and_a_checkpoints_patched_state_is_dropped():
+    """Evaluated in any order, the same multipliers; the `offset` / `ends` an earlier version saved are removed."""
+    schedule = build_schedule("constant_step", 2, 12, 0.1, 0.81, restarts=[6])
+    forwards = [schedule(step) for step in range(12)]
+    assert [schedule(step) for step in reversed(range(12))] == forwards[::-1]
+    checkpoint = {"lr_schedulers": [{"lr_lambdas": [dict(vars(schedule), offset=6, ends=[6])]}]}
+    drop_legacy_state(checkpoint)
+    assert checkpoint["lr_schedulers"][0]["lr_lambdas"][0] == vars(schedule)
