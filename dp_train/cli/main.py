@@ -46,7 +46,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("dp_train.inference.predict", "metric depth and focal length for images with trained weights"),
     "export": ("dp_train.inference.export", "write a training checkpoint's network as Apple-layout .pt or .safetensors"),
     "make_shards": ("dp_train.convert.make_shards", "your folder of images + depth maps (or photos) -> shards"),
-    "convert": ("dp_train.convert.public", "a public benchmark as downloaded (FORMAT: middlebury, sintel, ...) -> shards"),
+    "convert": ("dp_train.convert.public", "a public benchmark as downloaded (FORMAT: middlebury, ...) -> shards"),
     "synth": ("dp_train.synth.command", "procedural scenes with exact metric depth -> shards"),
 }
 """Plain subcommands: name -> (module providing `add_arguments(parser)` and `run(args) -> int`, help line)."""
