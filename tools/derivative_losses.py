@@ -10,7 +10,7 @@ Two parts, both printing figures (results/derivative_losses.md records them; not
   grid   Real `python -m dp_train fit` runs of recipes/derivative_losses.yaml (8 scenes, validated on the same
          8) for each weight setting x seed; a Markdown table of per-term magnitudes, F1 and AbsRel (mean ± sd).
 
-    python tools/synth_scenes.py --out runs/lossmech/scenes512 --prefix train8 --count 8 --size 512 --seed 0 \
+    python -m dp_train synth --out runs/lossmech/scenes512 --prefix train8 --count 8 --size 512 --seed 0 \
         --depth-format npy32 --image-format png
     python tools/derivative_losses.py probe
     python tools/derivative_losses.py grid --seeds 3 --steps 150 --settings mae default balanced

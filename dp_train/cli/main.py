@@ -3,7 +3,7 @@
 `fit`, `validate` and `test` run through LightningCLI, configured by recipe
 YAML files (`--recipe`, repeatable, later files override earlier) and dotted
 overrides (`--trainer.max_steps=100 --model.lr_decoder=1e-4`). `predict` and
-`export` are plain commands.
+`export`, and the data commands `make_shards`, `convert` and `synth` (files -> shards), are plain commands.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from dp_train.cli.save_config import VersionedSaveConfig
 from dp_train.runtime.preemption import Preempted, PreemptionCheckpoint
 from dp_train.runtime.scheduler_signals import SIGNALS
 from dp_train.runtime.wandb_run import start_wandb_service, use_stable_wandb_run
+from dp_train.utils.commands import OneLineParser
 
 LIGHTNING_COMMANDS: dict[str, str] = {
     "fit": "train from a recipe (--recipe FILE.yaml, repeatable; dotted overrides)",
@@ -43,6 +44,9 @@ LIGHTNING_COMMANDS: dict[str, str] = {
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("dp_train.inference.predict", "metric depth and focal length for images with trained weights"),
     "export": ("dp_train.inference.export", "write a training checkpoint's network as Apple-layout .pt or .safetensors"),
+    "make_shards": ("dp_train.convert.make_shards", "your folder of images + depth maps (or photos) -> shards"),
+    "convert": ("dp_train.convert.public", "a public benchmark as downloaded (FORMAT: middlebury, ...) -> shards"),
+    "synth": ("dp_train.synth.command", "procedural scenes with exact metric depth -> shards"),
 }
 """Plain subcommands: name -> (module providing `add_arguments(parser)` and `run(args) -> int`, help line)."""
 
@@ -228,8 +232,10 @@ def run_lightning(argv: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser: one sub-parser per subcommand (Lightning ones only listed here)."""
-    parser = argparse.ArgumentParser(prog="dp_train", description="Train, evaluate and run Depth Pro.")
+    """The top-level parser: one sub-parser per subcommand (Lightning ones only listed here); a bad argument to
+    it or to a plain subcommand is one `error:` line."""
+    parser = OneLineParser(prog="dp_train", description="Train, evaluate and run Depth Pro, and make its data: "
+                                                        "make_shards, convert and synth write shards from files.")
     subparsers = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
     for name, help_line in LIGHTNING_COMMANDS.items():
         subparsers.add_parser(name, help=f"{help_line}; see `dp_train {name} --help`", add_help=False)

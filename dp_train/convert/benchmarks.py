@@ -4,8 +4,8 @@ dp_train/convert/nuscenes.py.
 
 Same contract as dp_train/convert/formats.py: a `find_<format>` lists Items (reading nothing heavy), whose
 `load` reads one sample in a worker and raises SkipSample naming the file on bad input; the converter
-(tools/convert/convert_public.py) writes them like every other format. Layouts and commands:
-tools/convert/README.md. Depth is stored in metres.
+(`python -m dp_train convert`) writes them like every other format. Layouts and commands:
+docs/convert.md. Depth is stored in metres.
 """
 
 from __future__ import annotations

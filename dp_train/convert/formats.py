@@ -1,5 +1,5 @@
 """Public depth benchmarks -> dp_train shards: the contract every reader keeps, and the conversion
-(the logic of tools/convert/convert_public.py).
+(run by `python -m dp_train convert`, dp_train/convert/public.py).
 
 Each format has a `find_<format>` function that lists the samples under a root folder (in the
 main process; a problem with a whole group, such as a bad calibration file, skips the group's
@@ -13,7 +13,7 @@ pieces: `errors` (error types), `readers` (file readers), `report` and `runner` 
 Depth is stored in metres for every depth format here. Matting / boundary sets (DIS5K and
 friends) have no depth: their samples store an all-zero depth map, i.e. every pixel invalid
 (the schema's "no depth here"), `metric: false`, `f_px: null` and the alpha in `KEY.alpha.png`.
-The expected layouts and commands are listed in tools/convert/README.md.
+The expected layouts and commands are listed in docs/convert.md.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class Item:
 
 @dataclass(frozen=True)
 class FormatInfo:
-    """What every sample of a format is (stored in SampleMeta, listed in tools/convert/README.md)."""
+    """What every sample of a format is (stored in SampleMeta, listed in docs/convert.md)."""
 
     metric: bool
     synthetic: bool
@@ -86,7 +86,7 @@ FORMATS: dict[str, FormatInfo] = {
 def require_dir(path: Path, what: str) -> Path:
     """path, or ConvertError when it is not a folder."""
     if not path.is_dir():
-        raise ConvertError(f"{what} {path}: no such folder (see tools/convert/README.md for the layout)")
+        raise ConvertError(f"{what} {path}: no such folder (see docs/convert.md for the layout)")
     return path
 
 

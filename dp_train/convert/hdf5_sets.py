@@ -1,7 +1,7 @@
 """Readers for the formats stored in HDF5 files, which need h5py (the `convert` extra): the NYU Depth v2
 labelled set (a MATLAB v7.3 .mat) and Hypersim (rendered distance maps and tone-mapped colour). Depth in metres.
 
-The `find_<format>` / `load_<format>` contract: dp_train/convert/formats.py; layouts: tools/convert/README.md.
+The `find_<format>` / `load_<format>` contract: dp_train/convert/formats.py; layouts: docs/convert.md.
 """
 
 from __future__ import annotations

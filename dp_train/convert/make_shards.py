@@ -1,4 +1,4 @@
-"""Convert an in-house dataset into webdataset shards (the logic of tools/make_shards.py).
+"""`python -m dp_train make_shards`: an in-house dataset -> webdataset shards (tools/make_shards.py wraps it).
 
 Input: a folder of images and a folder of depth maps matched by file stem (flat, not
 recursive), optionally a folder of validity masks (nonzero = valid) and focal lengths.
@@ -25,12 +25,18 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from dp_train.convert.errors import ConvertError, run_reporting_errors
+from dp_train.convert.errors import ConvertError
 from dp_train.convert.jobs import UNITS, Job, Options, convert_one, find_jobs
 from dp_train.convert.readers import IMAGE_EXTS, import_openexr, read_focal_file
 from dp_train.convert.report import Report, save_report, unusual_statistics
 from dp_train.convert.runner import check_output, collect_results, parallel_results
 from dp_train.shards import DEPTH_FORMATS, IMAGE_FORMATS, ShardWriter
+from dp_train.utils.commands import command_main, run_reporting_errors
+
+HELP = "your folder of images + depth maps (or photos with a focal length) -> shards"
+DESCRIPTION = ("Convert a folder of images + depth maps (matched by file stem), or of photos with a focal length only "
+               "(no --depth: the FOV stage's photo sets, focal from EXIF), into webdataset shards for dp_train. "
+               "See shards/README.md.")
 
 
 def _check_dir(path: str | None, flag: str) -> Path | None:
@@ -108,14 +114,9 @@ def convert(args: argparse.Namespace) -> int:
     return save_report(result, skipped)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The make_shards command line."""
-    p = argparse.ArgumentParser(
-        prog="make_shards",
-        description="Convert a folder of images + depth maps (matched by file stem), or of photos with a "
-                    "focal length only (no --depth: the FOV stage's photo sets, focal from EXIF), into "
-                    "webdataset shards for dp_train. See shards/README.md.",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The make_shards options."""
+    p.description = DESCRIPTION
     p.add_argument("--images", required=True, metavar="DIR", help="folder of RGB images")
     p.add_argument("--depth", metavar="DIR",
                    help="folder of depth maps: .npy, 16-bit .png (needs --png-scale), .pfm, .exr; without it, "
@@ -142,9 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="jpg (quality 95) or png (lossless)")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), metavar="N",
                    help="decoding/validation processes (default: min(8, CPUs))")
-    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run make_shards: exit code 0 (ok), 1 (nothing written) or 2 (bad arguments or inputs, one `error:` line)."""
+    return run_reporting_errors(convert, args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: exit code 0 (ok), 1 (nothing written) or 2 (bad arguments or inputs)."""
-    return run_reporting_errors(convert, build_parser().parse_args(argv))
+    """`dp_train make_shards ARGV` without loading the Lightning command line (tools/make_shards.py, tests)."""
+    return command_main("make_shards", add_arguments, run, argv)

@@ -1,7 +1,7 @@
 """Reader for the matting / boundary sets without depth (DIS5K and friends): an image and its alpha matte,
 stored with an all-invalid depth map for the boundary-recall metrics.
 
-The `find_<format>` / `load_<format>` contract: dp_train/convert/formats.py; layouts: tools/convert/README.md.
+The `find_<format>` / `load_<format>` contract: dp_train/convert/formats.py; layouts: docs/convert.md.
 """
 
 from __future__ import annotations

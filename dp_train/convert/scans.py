@@ -2,7 +2,7 @@
 depth resampled into the undistorted image) and iBims-1 (16-bit depth PNGs with invalid and transparency
 masks). Depth in metres.
 
-The `find_<format>` / `load_<format>` contract: dp_train/convert/formats.py; layouts: tools/convert/README.md.
+The `find_<format>` / `load_<format>` contract: dp_train/convert/formats.py; layouts: docs/convert.md.
 """
 
 from __future__ import annotations

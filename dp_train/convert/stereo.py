@@ -1,7 +1,7 @@
 """Readers for the stereo and optical-flow benchmark suites: Middlebury 2014 (disparity + calib.txt),
 MPI Sintel (rendered depth, .dpt / .cam) and KITTI annotated depth (projected LiDAR, sparse). Depth in metres.
 
-The `find_<format>` / `load_<format>` contract: dp_train/convert/formats.py; layouts: tools/convert/README.md.
+The `find_<format>` / `load_<format>` contract: dp_train/convert/formats.py; layouts: docs/convert.md.
 """
 
 from __future__ import annotations

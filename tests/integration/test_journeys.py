@@ -20,7 +20,6 @@ import csv
 import json
 import math
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,7 @@ from PIL import Image
 
 from dp_train.cli.main import main
 from dp_train.synth import render_scene
-from tests.helpers.cli import REPO, child_env
+from tests.helpers.cli import REPO, run_dp_train
 
 QUICKSTART_MODEL = yaml.safe_load((REPO / "recipes" / "quickstart.yaml").read_text())["model"]
 TINY_NETWORK = dict(QUICKSTART_MODEL["network"]) | {"dinov2_weights": None, "grad_checkpointing": False}
@@ -101,10 +100,10 @@ def per_source(work: Path, name: str) -> dict[str, dict[int, float]]:
             if c.startswith("train/samples_") and c != "train/samples_per_s"}
 
 
-def run_tool(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """`python tools/<script> ARGS` from `cwd`, as typed (the checkout importable, as after `pip install -e .`)."""
-    done = subprocess.run([sys.executable, str(REPO / "tools" / script), *args], cwd=cwd, env=child_env(),
-                          capture_output=True, text=True, timeout=300)
+def run_command(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`python -m dp_train ARGV` from `cwd`, as typed (the checkout importable, as after `pip install -e .`); must
+    succeed."""
+    done = run_dp_train(*argv, cwd=cwd)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -175,8 +174,8 @@ sees 512 px). That `--f-px` is what sets the scale is checked exactly, against a
 @pytest.mark.slow
 def test_finetune_on_your_data_then_export_and_predict_metric_depth(tmp_path):
     """README "Fine-tuning on your data": 1. convert a folder (16-bit PNG depth in mm, a focal CSV) with
-    make_shards, for training and for `finetune.yaml`'s validation source; 2. `fit --recipe recipes/finetune.yaml`
-    (the toy start standing in for depth_pro.pt); 3. `export` to .safetensors; then the README's `predict` on the
+    `python -m dp_train make_shards`, for training and for `finetune.yaml`'s validation source; 2. `fit --recipe
+    recipes/finetune.yaml` (the toy start standing in for depth_pro.pt); 3. `export` to .safetensors; then the README's `predict` on the
     held-out photos with their true focal length: the user gets metric depth at the ground truth's scale."""
     work = checkout(tmp_path / "work")
     # README's step 1 converts the training folder only, but finetune.yaml also validates on
@@ -185,7 +184,7 @@ def test_finetune_on_your_data_then_export_and_predict_metric_depth(tmp_path):
     train = write_inhouse_folder(tmp_path / "my", range(7_000_000, 7_000_004), (144, 192))
     held_out = write_inhouse_folder(tmp_path / "my_val", range(7_100_000, 7_100_003), (96, 128))
     for folder, dataset in (("my", "mydata"), ("my_val", "mydata_val")):
-        done = run_tool("make_shards.py", "--images", f"{tmp_path / folder}/rgb", "--depth",
+        done = run_command("make_shards", "--images", f"{tmp_path / folder}/rgb", "--depth",
                         f"{tmp_path / folder}/depth", "--units", "mm", "--png-scale", "1", "--focal-file",
                         f"{tmp_path / folder}/focals.csv", "--dataset", dataset, "--out", f"shards/{dataset}", cwd=work)
         assert "FOV" in done.stdout  # the closing report shows the implied field of view
@@ -258,7 +257,7 @@ def test_fov_stage_on_exif_photos_fits_their_focal_lengths(tmp_path):
     30-100 degrees, so no constant fits), and below the head's own error before training."""
     work = checkout(tmp_path / "work")
     focal = write_exif_photos(tmp_path / "flickr_photos", FOCAL_SEEDS)
-    run_tool("make_shards.py", "--images", str(tmp_path / "flickr_photos"), "--dataset", "photos", "--out",
+    run_command("make_shards", "--images", str(tmp_path / "flickr_photos"), "--dataset", "photos", "--out",
              "shards/photos", cwd=work)
     photos = decoded(work / "shards/photos/photos.index.json")
     assert {k: s.meta.f_px for k, s in photos.items()} == pytest.approx(focal, rel=1e-6)
@@ -290,13 +289,8 @@ def test_fov_stage_on_exif_photos_fits_their_focal_lengths(tmp_path):
 
 
 def convert(fmt: str, root: Path, out: str, *extra: str) -> None:
-    """`python tools/convert/convert_public.py FORMAT --root ROOT --out OUT ...` (in-process), must succeed."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("convert_public", REPO / "tools" / "convert" / "convert_public.py")
-    convert_public = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(convert_public)
-    assert convert_public.main([fmt, "--root", str(root), "--out", out, "--workers", "1", *extra]) == 0
+    """`python -m dp_train convert FORMAT --root ROOT --out OUT ...` (in-process), must succeed."""
+    assert main(["convert", fmt, "--root", str(root), "--out", out, "--workers", "1", *extra]) == 0
 
 
 def write_relative_folder(root: Path, seeds: range, units: str, size: tuple[int, int] = (48, 64)) -> None:
@@ -325,7 +319,7 @@ sample feeds what its ground truth supports", and docs/evaluation.md)."""
 
 @pytest.mark.slow
 def test_evaluate_every_kind_of_converted_set_with_a_report(tmp_path):
-    """docs/evaluation.md: convert benchmarks with `tools/convert/convert_public.py` (the converters' own tiny
+    """docs/evaluation.md: convert benchmarks with `python -m dp_train convert` (the converters' own tiny
     fixtures: Middlebury and Sintel depth, DIS5K and a matting set's mattes, a focal-length photo folder) and
     relative sets with `make_shards --units relative|disparity`, list them as `data.test_sources`, and run
     `python -m dp_train test --recipe recipes/eval.yaml --weights ...`: every set is scored for what its kind
@@ -357,7 +351,7 @@ def test_evaluate_every_kind_of_converted_set_with_a_report(tmp_path):
                 "--alpha-dir", "mask", "--dataset", "am2k")
         convert("focal", data / "zoom", "shards/zoom", "--dataset", "zoom")
     for name, units in (("hrwsi", "relative"), ("kenburns", "disparity")):
-        run_tool("make_shards.py", "--images", str(data / name / "rgb"), "--depth", str(data / name / "depth"),
+        run_command("make_shards", "--images", str(data / name / "rgb"), "--depth", str(data / name / "depth"),
                  "--units", units, "--dataset", name, "--out", f"shards/{name}", cwd=work)
 
     kinds = {"middlebury": "depth", "sintel": "depth", "dis5k": "matte", "am2k": "matte", "zoom": "focal",

@@ -8,7 +8,6 @@ that must be skipped or reported as a one-line error naming the file.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -22,6 +21,7 @@ import webdataset as wds
 
 from dp_train.convert import formats, hdf5_sets
 from dp_train.convert.errors import ConvertError
+from dp_train.convert.public import main as convert_public
 from dp_train.shards import Sample, decode_sample, shard_urls
 from tests.helpers.paths import REPO
 from tests.helpers.convert_fixtures import (  # noqa: F401 - also imported from here by test_convert_benchmarks
@@ -41,9 +41,6 @@ from tests.helpers.convert_fixtures import (  # noqa: F401 - also imported from 
 h5py = pytest.importorskip("h5py")
 
 SCRIPT = REPO / "tools" / "convert" / "convert_public.py"
-_spec = importlib.util.spec_from_file_location("convert_public", SCRIPT)
-convert_public = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(convert_public)
 
 
 def read_jpeg(path: Path) -> np.ndarray:
@@ -52,8 +49,8 @@ def read_jpeg(path: Path) -> np.ndarray:
 
 
 def run(fmt: str, root: Path, out: Path, *extra: str) -> int:
-    """convert_public in-process, one worker (unless `extra` says otherwise), lossless PNG images."""
-    return convert_public.main([fmt, "--root", str(root), "--out", str(out), "--workers", "1",
+    """`dp_train convert` in-process, one worker (unless `extra` says otherwise), lossless PNG images."""
+    return convert_public([fmt, "--root", str(root), "--out", str(out), "--workers", "1",
                                 "--image-format", "png", *extra])
 
 

@@ -1,9 +1,8 @@
 """The real-like look of the procedural world (dp_train/synth/sensor.py): the same scene through a camera and a
-depth sensor, flagged real, deterministic per seed, selectable in the shard writer and tools/synth_scenes.py."""
+depth sensor, flagged real, deterministic per seed, selectable in the shard writer and `dp_train synth`."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +13,7 @@ from dp_train.data.health import SourceHealth
 from dp_train.data.sources import raw_records
 from dp_train.synth import render_scene, write_synthetic_shards
 
-from tests.helpers.paths import TOOLS
-
-sys.path.insert(0, str(TOOLS))
-import synth_scenes  # noqa: E402
+from dp_train.synth.command import main as synth
 
 SIZE = (96, 128)
 SEEDS = (3, 11, 42)
@@ -64,11 +60,11 @@ def test_shards_of_the_real_look_decode_with_their_flags(tmp_path):
 
 
 def test_synth_scenes_look_option(tmp_path):
-    assert synth_scenes.main(["--out", str(tmp_path), "--count", "1", "--size", "64", "--look", "real", "--quiet"]) == 0
+    assert synth(["--out", str(tmp_path), "--count", "1", "--size", "64", "--look", "real", "--quiet"]) == 0
     (raw,) = _records(tmp_path / "synth.index.json")
     assert not decode_sample(raw).meta.synthetic
     with pytest.raises(SystemExit):
-        synth_scenes.parse_args(["--out", str(tmp_path), "--count", "1", "--look", "photo"])
+        synth(["--out", str(tmp_path), "--count", "1", "--look", "photo"])
 
 
 def test_an_unknown_look_is_refused():
