@@ -10,7 +10,7 @@ import yaml
 
 from dp_train.cli.main import main
 from dp_train.runtime.checkpoint_io import AtomicCheckpointIO, CheckpointError
-from tests.unit.runtime.test_sharded import Payload
+from tests.helpers.checkpoints import Payload
 
 
 @pytest.mark.parametrize("content", ["trainer:\n  max_steps: 10\n", "hello, I am not a checkpoint\n", ""])

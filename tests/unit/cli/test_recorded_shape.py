@@ -14,7 +14,7 @@ from dp_train.cli.main import main
 from dp_train.model import DepthProConfig, build_depth_pro, load_weights, save_weights
 from dp_train.model.weights import read_weights
 from dp_train.runtime.checkpoint_io import checkpoint_hparams
-from tests.unit.runtime.test_sharded import Holder, write_sharded
+from tests.helpers.checkpoints import Holder, write_sharded
 
 NETWORK = {"vit_img_size": 128, "decoder_features": 16, "encoder_feature_dims": [8, 16, 32, 32]}
 HPARAMS = {"preset": "tiny", "network": NETWORK | {"grad_checkpointing": True}, "lr_decoder": 1e-3}

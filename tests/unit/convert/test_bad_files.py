@@ -14,8 +14,9 @@ from dp_train.convert.make_shards import main as make_shards
 from dp_train.convert.readers import read_focal_file
 from dp_train.shards import encode_sample
 from dp_train.data.sources import SourceConfig
-from tests.unit.data.test_datamodule import datamodule, plane_sample, raw_tar
-from tests.integration.test_resume import mid_epoch_checkpoint, resumed_datamodule, shards  # noqa: F401 - shards: a fixture
+from tests.helpers.kill_and_resume import resume_shards  # noqa: F401 - the fixture `shards`
+from tests.helpers.plane_samples import datamodule, plane_sample, raw_tar
+from tests.helpers.resumed_datamodules import mid_epoch_checkpoint, resumed_datamodule
 
 
 @pytest.mark.parametrize(("text", "reason"), [

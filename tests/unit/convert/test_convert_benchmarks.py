@@ -13,21 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.helpers.convert_fixtures import write_photo
-from tests.unit.convert.test_convert_public import (
-    COLS,
-    H,
-    ROWS,
-    W,
-    check,
-    pattern,
-    read_jpeg,
-    run,
-    shards,
-    skip_list,
-    write_png,
-    write_text,
-)
+from tests.helpers.convert_fixtures import COLS, H, ROWS, W, pattern, write_photo, write_png, write_text
+from tests.helpers.convert_results import check, read_jpeg, run, shards, skip_list
 
 h5py = pytest.importorskip("h5py")
 

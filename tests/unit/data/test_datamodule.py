@@ -26,18 +26,7 @@ from dp_train.data.health import DataError
 from dp_train.data.sources import SourceConfig
 from dp_train.data.stream import TrainStream
 from tests.helpers.cli import child_env
-
-SIZE = 16  # network input side used by these tests
-
-
-def plane_sample(key: str, depth: float = 4.0, f_px: float = 30.0, height: int = 24, width: int = 32,
-                 alpha: bool = False, **meta):
-    """A textured fronto-parallel plane at `depth` metres, optionally with a horizontal-ramp matting alpha."""
-    rng = np.random.default_rng(abs(hash(key)) % 2**32)
-    image = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
-    flags = {"dataset": "planes", "f_px": f_px, "metric": True, "synthetic": True} | meta
-    ramp = np.tile(np.linspace(0, 1, width, dtype=np.float32), (height, 1)) if alpha else None
-    return make_sample(key, image, np.full((height, width), depth, np.float32), SampleMeta(**flags), alpha=ramp)
+from tests.helpers.plane_samples import SIZE, datamodule, keys_of, plane_sample, raw_tar
 
 
 def write_source(root: Path, name: str, count: int, per_shard: int, **meta) -> SourceConfig:
@@ -47,15 +36,6 @@ def write_source(root: Path, name: str, count: int, per_shard: int, **meta) -> S
             writer.write(plane_sample(f"{name}-{i:04d}", **meta))
     shards = sorted(root.glob(f"{name}-*.tar"))
     return SourceConfig(name=name, urls=[str(p) for p in shards])
-
-
-def keys_of(batches) -> list[str]:
-    return [key for batch in batches for key in batch["key"]]
-
-
-def datamodule(train=(), val=(), **kwargs) -> DepthDataModule:
-    settings = dict(image_size=SIZE, batch_size=2, num_workers=0, pin_memory=False) | kwargs
-    return DepthDataModule(train_sources=list(train), val_sources=list(val), **settings)
 
 
 def rank_loader(dm: DepthDataModule, rank: int, world: int, split: str):
@@ -227,20 +207,6 @@ def test_depth_is_never_blurred_across_a_boundary():
     inverse = view.target * SIZE / view.f_px  # 1 / depth per pixel
     near, far = np.isclose(inverse, 1.0, rtol=1e-6), np.isclose(inverse, 0.1, rtol=1e-6)
     assert (near | far).all() and near.any() and far.any()
-
-
-def raw_tar(path: Path, records: list[dict]) -> None:
-    """Write records (name suffix -> bytes) straight into a tar, bypassing the schema's checks."""
-    with tarfile.open(path, "w") as tar:
-        for record in records:
-            key = record["__key__"]
-            for suffix, data in record.items():
-                if suffix.startswith("__"):
-                    continue
-                data = data if isinstance(data, bytes) else data.encode()
-                info = tarfile.TarInfo(f"{key}.{suffix}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
 
 
 def corrupted_records() -> list[dict]:

@@ -21,7 +21,7 @@ from dp_train.shards import SampleError, ShardWriter, decode_sample, encode_samp
 from dp_train.data.health import DataError, SourceHealth
 from dp_train.data.sources import SourceConfig, raw_records
 from dp_train.data.stream import TrainStream, ValStream
-from tests.unit.data.test_datamodule import SIZE, keys_of, plane_sample, raw_tar
+from tests.helpers.plane_samples import SIZE, keys_of, plane_sample, raw_tar
 
 
 def val_stream(source: SourceConfig, max_bad_fraction: float = 0.05) -> ValStream:

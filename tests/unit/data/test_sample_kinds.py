@@ -20,7 +20,7 @@ from dp_train.data.stream import TrainStream, ValStream
 from dp_train.evaluation.per_image import align_scale_shift, evaluated_images
 from dp_train.evaluation.depth_accuracy import depth_metrics
 from dp_train.synth import write_synthetic_shards
-from tests.unit.data.test_datamodule import SIZE, keys_of
+from tests.helpers.plane_samples import SIZE, keys_of
 
 NETWORK = {"vit_img_size": 128, "decoder_features": 16, "encoder_feature_dims": [8, 16, 32, 32]}
 

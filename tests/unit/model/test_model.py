@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from dp_train.model import DepthProConfig, build_depth_pro, load_weights
 from dp_train.model.network import merge_windows, split_windows
+from tests.helpers.paths import FIXTURES
 
 
 def fixture_input() -> torch.Tensor:
@@ -37,8 +38,6 @@ def test_depth_pro_l_has_the_released_checkpoint_layout(fixtures_dir):
 @pytest.fixture(scope="module")
 def tiny_reference_run():
     """Our network with the fixture weights, run once on the fixture input."""
-    from tests.conftest import FIXTURES
-
     model = build_depth_pro(DepthProConfig.preset("tiny")).eval()
     load_weights(model, FIXTURES / "tiny_depth_pro_state_dict.pt")
     x = fixture_input()

@@ -3,41 +3,19 @@
 from __future__ import annotations
 
 import pickle
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed.checkpoint as dcp
 import yaml
 from PIL import Image
-from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
 from dp_train.cli.main import main
 from dp_train.model import build_depth_pro, load_weights
 from dp_train.model.weights import read_state_dict
 from dp_train.runtime.sharded import restore_sharded
-
-HPARAMS = {"preset": "tiny", "network": {"vit_img_size": 128}}
-
-
-class Payload:
-    """Unpickling this runs code: it creates the file `marker`."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return exec, (f"open({self.marker!r}, 'w').close()",)
-
-
-class Holder(torch.nn.Module):
-    """Stands for the LightningModule: the network under `net`, as Lightning saves it."""
-
-    def __init__(self, net: torch.nn.Module) -> None:
-        super().__init__()
-        self.net = net
+from tests.helpers.checkpoints import HPARAMS, Holder, Payload, write_sharded
 
 
 def trained(fast_cfg) -> tuple[Holder, torch.optim.Optimizer]:
@@ -47,20 +25,6 @@ def trained(fast_cfg) -> tuple[Holder, torch.optim.Optimizer]:
     sum(p.sum() for p in holder.parameters()).backward()
     optimizer.step()
     return holder, optimizer
-
-
-def write_sharded(path: Path, holder: Holder, optimizer: torch.optim.Optimizer, lr: object = None,
-                  meta: object = None) -> Path:
-    """A checkpoint directory as Lightning's ModelParallelStrategy writes it (`lr`, `meta`: replace what it holds)."""
-    optimizer_state = get_optimizer_state_dict(holder, optimizer)
-    if lr is not None:
-        optimizer_state["param_groups"][0]["lr"] = lr
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch: "no process group, assuming a single process"
-        dcp.save({"state_dict": get_model_state_dict(holder), "optimizer_0": optimizer_state}, checkpoint_id=path,
-                 no_dist=True)
-    torch.save({"hyper_parameters": HPARAMS, "global_step": 7} if meta is None else meta, path / "meta.pt")
-    return path
 
 
 @pytest.fixture

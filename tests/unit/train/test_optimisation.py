@@ -11,10 +11,18 @@ from torch import nn
 
 from dp_train.cli.main import main
 from dp_train.data.datamodule import DepthDataModule
-from dp_train.synth import write_synthetic_shards
 from dp_train.train.module import DepthProModule
 from dp_train.train.schedules import build_schedule, drop_legacy_state
-from tests.integration.test_resume import STEPS, assert_same_states, final_state, kill_when, resume_recipe, start_fit, step_done
+from tests.helpers.kill_and_resume import (
+    STEPS,
+    assert_same_states,
+    final_state,
+    kill_when,
+    resume_recipe,
+    start_fit,
+    step_done,
+    write_resume_shards,
+)
 from tests.helpers.paths import REPO
 
 NETWORK = {"vit_img_size": 128, "decoder_features": 16, "encoder_feature_dims": [8, 16, 32, 32]}
@@ -101,8 +109,7 @@ def test_a_global_batch_size_that_does_not_divide_is_one_error_line(tmp_path, ca
 @pytest.mark.slow
 def test_a_run_with_gradient_accumulation_resumes_exactly(tmp_path_factory):
     """Global batch 2 from batch 1 on one process: killed from outside after step 7, resumed, the same end state."""
-    shards = write_synthetic_shards(tmp_path_factory.mktemp("shards"), "train", 12, size=(64, 96), seed=3,
-                                    samples_per_shard=6, progress=False)
+    shards = write_resume_shards(tmp_path_factory.mktemp("shards"))
     whole, killed = tmp_path_factory.mktemp("whole"), tmp_path_factory.mktemp("killed")
     accumulate = "--data.global_batch_size=2"
     assert start_fit(whole, resume_recipe(whole, shards, 1), accumulate).wait(timeout=600) == 0, (
