@@ -62,6 +62,7 @@ def read_losses(folder: Path) -> list[float]:
 def run_fit_smoke(args: argparse.Namespace, device: torch.device, size: int) -> dict:
     """Render (or take `--shards`), run the fit as a user would, and return its figures and verdict."""
     folder = (args.out / "fit").resolve()
+    folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     index = args.shards or render_shards(folder / "shards", size)
     render_s = time.perf_counter() - start
