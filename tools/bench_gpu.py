@@ -54,6 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=4, help="timed steps per configuration (after 2 warm-up)")
     parser.add_argument("--fit-steps", type=int, default=50, help="0: no fit")
     parser.add_argument("--shards", type=Path, default=None, help="an index.json of shards for the fit (else render)")
+    parser.add_argument("--levers", nargs="+", default=None, help="levers to measure (default: all of LEVERS)")
     parser.add_argument("--budget-s", type=float, default=420.0, help="start no new configuration after this")
     return parser.parse_args(argv)
 
@@ -273,6 +274,8 @@ def lever_rows(args, network, device, report: Report, clock: Clock, flops: float
     batch = min(2, max(args.batches))
     parallelize(network, None, activation_checkpointing=True)
     for name, lever in LEVERS.items():
+        if args.levers is not None and name not in args.levers:
+            continue
         if clock.left() < 0:
             report.add("notes", f"skipped lever {name}: out of time")
             continue
@@ -353,8 +356,28 @@ def measure_network(args: argparse.Namespace, device: torch.device, report: Repo
     guarded(report, "steps", lambda: step_matrix(args, network, device, report, clock, flops))
     guarded(report, "predict", lambda: report.add("predict", predict_latency(network, device, args.steps)))
     guarded(report, "levers", lambda: lever_rows(args, network, device, report, clock, flops))
-    guarded(report, "compiled steps", lambda: compiled_matrix(args, network, device, report, clock, flops))
+    if args.levers is None or "regional compile" in args.levers:
+        guarded(report, "compiled steps", lambda: compiled_matrix(args, network, device, report, clock, flops))
     return network.img_size
+
+
+def add_plans(args: argparse.Namespace, device: torch.device, report: Report) -> None:
+    """Set the planner's prediction (peak GiB; seconds per step at its default utilisation of the GPU's peak
+    rate) beside every measured step: the same network with every parameter trained, one process, no DDP."""
+    from dp_train.planning.gpus import GPUS, UTILISATION
+    from dp_train.planning.planner import GIB, Planner, Setting
+
+    overrides = {"vit_img_size": args.vit_img_size} if args.vit_img_size else {}
+    planner = Planner(DepthProConfig.preset(args.preset, **overrides), mode=None, freeze_vit_norms=False)
+    name = report.data["environment"]["device"]
+    gpu = next((g for key, g in GPUS.items() if key.split("-")[0] in name), None)
+    for row in report.data["steps"] + report.data["levers"]:
+        setting = Setting(batch=row["batch"], accumulation=1, gpus=1, precision=row["precision"],
+                          checkpointing=row["ckpt"], strategy="none")
+        row["planned_gib"] = planner.memory(setting).total / GIB
+        row["planned_step_s"] = planner.step_seconds(setting, gpu, UTILISATION) if gpu else None
+    report.add("notes", f"planned: dp_train/planning at {UTILISATION:.0%} of {gpu.name if gpu else 'an unknown GPU'}'s"
+                        " peak rate (time), every parameter trained, one process")
 
 
 def main() -> None:
@@ -366,6 +389,7 @@ def main() -> None:
     report.add("environment", environment(device) | {"preset": args.preset, "argv": sys.argv[1:]})
     size = measure_network(args, device, report, clock)
     reset_peak(device)
+    guarded(report, "plans", lambda: add_plans(args, device, report))
     if args.fit_steps:
         guarded(report, "fit", lambda: report.add("fit", run_fit_smoke(args, device, size)))
     print(markdown(report.data))

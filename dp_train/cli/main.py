@@ -47,6 +47,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "make_shards": ("dp_train.convert.make_shards", "your folder of images + depth maps (or photos) -> shards"),
     "convert": ("dp_train.convert.public", "a public benchmark as downloaded (FORMAT: middlebury, ...) -> shards"),
     "synth": ("dp_train.synth.command", "procedural scenes with exact metric depth -> shards"),
+    "plan": ("dp_train.cli.plan", "memory per GPU and time of a recipe's training steps, traced without a GPU"),
 }
 """Plain subcommands: name -> (module providing `add_arguments(parser)` and `run(args) -> int`, help line)."""
 

@@ -33,14 +33,17 @@ def parallelize(
     param_dtype: ParamDtype = "bfloat16",
     activation_checkpointing: bool = False,
     compile: bool = False,
+    channels_last: bool = False,
 ) -> nn.Module:
-    """Apply activation checkpointing, then regional compile, then FSDP2 sharding (with a `mesh`) to `network`,
-    in place; returns it. Calling it again on a sharded network changes nothing (Lightning calls
+    """Apply activation checkpointing, channels_last weights, then regional compile, then FSDP2 sharding (with a
+    `mesh`) to `network`, in place; returns it. Calling it again on a sharded network changes nothing (Lightning calls
     `configure_model` once per `fit`/`validate`/`test`).
 
     Activation checkpointing recomputes each ViT block's activations during backward instead of keeping them:
     memory for time, same results. Compile compiles each block on its own (regional), which compiles once per
-    distinct block and keeps parameter names. Under FSDP2 each block is its own `fully_shard` unit (its
+    distinct block and keeps parameter names; it must come after the memory format, since the compiled graphs
+    assume the weights' strides (converting afterwards fails an assertion on a GPU). channels_last stores the
+    convolution weights NHWC, which cuDNN's convolutions prefer. Under FSDP2 each block is its own `fully_shard` unit (its
     parameters gathered just before it runs and freed after) and the rest belongs to the root unit; parameters
     compute in `param_dtype` while gradient reduction and the sharded float32 master weights the optimizer
     updates stay float32. Without a mesh, mixed precision is the Trainer's `precision` (autocast).
@@ -49,6 +52,8 @@ def parallelize(
         return network
     for vit in network.vits():
         vit.set_grad_checkpointing(activation_checkpointing)
+    if channels_last:
+        network.to(memory_format=torch.channels_last)
     if compile:
         for block in blocks(network):
             block.compile()

@@ -52,7 +52,7 @@ def checkout(path: Path) -> Path:
 
 
 def tiny_override(path: Path, name: str, steps: int, **sections: dict) -> Path:
-    """Write a tiny override for a full-size recipe: one CPU process in float32, `steps` steps logged every step to
+    """Write a tiny override for a full-size recipe: one CPU process in float32, eager (no compile), `steps` steps logged every step to
     CSV (`runs/<name>/csv`), no sanity validation, the toy start's network shape, batch 1 at the network's input
     size, no data workers, no gradient accumulation. `sections` (`trainer`, `model`, `data`, top-level keys) are merged on top, key by key."""
     override = {
@@ -62,7 +62,8 @@ def tiny_override(path: Path, name: str, steps: int, **sections: dict) -> Path:
             "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
                        "init_args": {"save_dir": f"runs/{name}", "name": "csv"}},
         },
-        "model": {"preset": QUICKSTART_MODEL["preset"], "network": TINY_NETWORK},
+        "model": {"preset": QUICKSTART_MODEL["preset"], "network": TINY_NETWORK, "compile": False,
+                  "channels_last": False},
         "data": {"image_size": IMAGE_SIZE, "batch_size": 1, "global_batch_size": None, "num_workers": 0,
                  "pin_memory": False},
     }

@@ -16,6 +16,7 @@ LAYERS = [
     {"model", "losses", "data", "synth", "convert"},
     {"evaluation"},
     {"train", "inference"},
+    {"planning"},
     {"cli"},
     {"__main__"},
 ]

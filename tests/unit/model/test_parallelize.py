@@ -97,3 +97,27 @@ def test_weight_averaging_is_refused_under_fsdp_in_one_line_and_allowed_otherwis
     assert str(refused.value) == ("EMAWeightAveraging (trainer.callbacks) cannot run under FSDP "
                                   "(ModelParallelStrategy): it deep-copies the sharded model; remove it or use DDP")
     refuse_beside_fsdp(DDPStrategy(), [EMAWeightAveraging()])
+
+
+def test_recipe_switches_reach_the_network_with_the_memory_format_before_compile(fast_cfg):
+    """`model.channels_last` and `model.compile` are applied by `configure_model`: convolution weights NHWC, every
+    block compiled on its own (regional), parameter names unchanged so checkpoints still load strictly."""
+    from dp_train.train.module import DepthProModule
+
+    module = DepthProModule(preset="tiny", network={"vit_img_size": fast_cfg.vit_img_size}, compile=True,
+                            channels_last=True)
+    names = [name for name, _ in module.net.named_parameters()]
+    module.configure_model()
+    convolution = module.net.decoder.fusions[0].resnet1.residual[1]
+    assert convolution.weight.is_contiguous(memory_format=torch.channels_last)
+    assert all(block._compiled_call_impl is not None for block in blocks(module.net))
+    assert [name for name, _ in module.net.named_parameters()] == names
+
+
+def test_without_the_switches_the_network_stays_eager_and_contiguous(fast_cfg):
+    from dp_train.train.module import DepthProModule
+
+    module = DepthProModule(preset="tiny", network={"vit_img_size": fast_cfg.vit_img_size})
+    module.configure_model()
+    assert all(block._compiled_call_impl is None for block in blocks(module.net))
+    assert module.net.decoder.fusions[0].resnet1.residual[1].weight.is_contiguous()

@@ -1,0 +1,41 @@
+"""The GPUs the planner knows: memory and peak dense tensor-core rates, from the vendors' datasheets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """One GPU model: memory as `nvidia-smi` reports it and peak dense TFLOP/s per mixed precision (None: the
+    GPU has no such tensor cores, e.g. bf16 on a V100)."""
+
+    name: str
+    memory_gib: float
+    tflops: dict[str, float | None]
+
+    def rate(self, precision: str) -> float | None:
+        """Peak dense TFLOP/s at `precision` (32-true: the TF32 / fp32 rate)."""
+        return self.tflops.get(precision)
+
+
+GPUS: dict[str, Gpu] = {
+    "V100-32GB": Gpu("V100-32GB", 31.7, {"16-mixed": 125.0, "bf16-mixed": None, "32-true": 15.7}),
+    "A100-40GB": Gpu("A100-40GB", 39.4, {"16-mixed": 312.0, "bf16-mixed": 312.0, "32-true": 156.0}),
+    "A100-80GB": Gpu("A100-80GB", 79.2, {"16-mixed": 312.0, "bf16-mixed": 312.0, "32-true": 156.0}),
+    "H100-80GB": Gpu("H100-80GB", 79.6, {"16-mixed": 989.0, "bf16-mixed": 989.0, "32-true": 494.0}),
+    "H200-141GB": Gpu("H200-141GB", 140.4, {"16-mixed": 989.0, "bf16-mixed": 989.0, "32-true": 494.0}),
+}
+"""Memory in GiB as nvidia-smi's total (the H200's was read on one: 143,771 MiB); rates are SXM datasheet dense
+figures (A100/H100 32-true: TF32)."""
+
+DEFAULT_GPUS = ("V100-32GB", "A100-40GB", "A100-80GB", "H100-80GB")
+
+USABLE_FRACTION = 0.92
+"""Share of a GPU's memory a step may plan to use: the CUDA context, cuDNN / cuBLAS workspaces outside the
+allocator and fragmentation take the rest (a margin, not a measurement)."""
+
+UTILISATION = 0.30
+"""Share of the peak rate a training step achieves by default: measured on an H200 for depth_pro_l at 1536²,
+eager, bf16-mixed, per-GPU batch 1-4, 0.23-0.32 of the counted FLOPs (recomputation included) per second
+(results/gpu_h200.md); compiled, 0.37."""

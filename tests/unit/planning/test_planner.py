@@ -1,0 +1,124 @@
+"""The planner's figures against independent ones: a real step's memory as the operating system sees it, FLOPs
+counted layer by layer from the layers' shapes, and the arithmetic of what each GPU holds."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from dp_train.model import DepthProConfig, build_depth_pro
+from dp_train.planning.gpus import GPUS
+from dp_train.planning.planner import Planner, Setting, alternatives, best_fitting
+from dp_train.planning.trace import fake_network, trace_step
+
+CFG = DepthProConfig.preset("tiny", vit_img_size=128)
+MEASURE_STEP = """
+import resource, sys, torch
+from dp_train.model import DepthProConfig, build_depth_pro
+from dp_train.model.parallelize import parallelize
+network = build_depth_pro(DepthProConfig.preset("tiny", vit_img_size=128))
+parallelize(network, None, activation_checkpointing=sys.argv[1] == "1")
+image = torch.rand(int(sys.argv[2]), 3, network.img_size, network.img_size)
+before = int(open("/proc/self/statm").read().split()[1]) * 4096
+inverse_depth, fov = network(image)
+(inverse_depth.float().mean() + fov.float().mean()).backward()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
+"""
+
+
+def measured_step_bytes(checkpointing: bool, batch: int) -> int:
+    """Peak resident memory a real float32 step adds to its process. glibc's mmap threshold is pinned so that
+    every allocation above 64 KiB is mapped on its own and returned when freed: the resident set then follows
+    the live tensors."""
+    env = os.environ | {"MALLOC_MMAP_THRESHOLD_": "65536"}
+    proc = subprocess.run([sys.executable, "-c", MEASURE_STEP, str(int(checkpointing)), str(batch)], env=env,
+                          capture_output=True, text=True, check=True)
+    return int(proc.stdout.split()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and glibc's malloc settings")
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_traced_step_memory_agrees_with_a_real_steps_within_15_percent(checkpointing):
+    """The resident set also holds what the trace does not count (small allocations below the mmap threshold,
+    oneDNN scratch, page rounding): on x86-64 CPUs it came out 5-12 % above the trace; 15 % is the issue's bound.
+    (On an H200, depth_pro_l's traced peak was within 3 % of the allocator's: results/gpu_h200.md.)"""
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    traced = trace_step(fake_network(CFG, mode), 2, "32-true", checkpointing, mode).peak_bytes
+    measured = measured_step_bytes(checkpointing, 2)
+    assert abs(traced - measured) <= 0.15 * measured, (traced, measured)
+
+
+def layer_flops(network: nn.Module, image: torch.Tensor) -> tuple[int, int, int]:
+    """Forward FLOPs counted from each layer's shapes (2 per multiply-add): linear layers, convolutions and
+    transposed convolutions; attention's two matrix products; and those of the layers whose input needs no
+    gradient (the patch embeddings, which see the image, and the FOV head's convolution of the detached
+    low-resolution features)."""
+    totals = {"layers": 0, "attention": 0, "no_input_gradient": 0}
+
+    def count(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        if isinstance(module, nn.Linear):
+            totals["layers"] += 2 * output.numel() * module.in_features
+        elif isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+            kernel = math.prod(module.kernel_size) * module.in_channels // module.groups
+            spatial = output if isinstance(module, nn.Conv2d) else inputs[0]
+            flops = 2 * kernel * (spatial.numel() // spatial.shape[1]) * module.out_channels
+            totals["layers"] += flops
+            if not inputs[0].requires_grad:
+                totals["no_input_gradient"] += flops
+        elif hasattr(module, "qkv"):  # a timm Attention: softmax(QK^T)V over (batch, tokens, width)
+            batch, tokens, width = inputs[0].shape
+            totals["attention"] += 4 * batch * tokens * tokens * width
+
+    handles = [m.register_forward_hook(count) for m in network.modules()]
+    network(image)
+    for handle in handles:
+        handle.remove()
+    return totals["layers"], totals["attention"], totals["no_input_gradient"]
+
+
+def test_counted_flops_agree_with_the_layers_shapes():
+    """Backward costs twice a layer's forward (input and weight gradients), once where the input needs no
+    gradient, and 2.5 times attention's (five matrix products against two): the trace's
+    count is that, to the FLOP, for a network whose parameters all train."""
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    traced = trace_step(fake_network(CFG, mode), 1, "32-true", False, mode).flops
+    torch.manual_seed(0)
+    layers, attention, no_input_gradient = layer_flops(build_depth_pro(CFG),
+                                                       torch.rand(1, 3, CFG.img_size, CFG.img_size))
+    assert traced == 3 * layers - no_input_gradient + 3.5 * attention
+
+
+def test_memory_parts_follow_the_strategy():
+    """DDP holds a copy of the gradients in its buckets; FSDP2 over 8 GPUs holds an eighth of the weights,
+    gradients and AdamW state plus the units it gathers; checkpointing lowers activations, not the rest."""
+    planner = Planner(CFG)
+    ddp = Setting(batch=2, accumulation=1, gpus=8, precision="32-true", checkpointing=False, strategy="ddp")
+    one = planner.memory(ddp.replace(strategy="auto", gpus=1))
+    assert planner.memory(ddp).ddp_buckets == one.gradients == 4 * planner.trainable_count
+    fsdp = planner.memory(ddp.replace(strategy="fsdp"))
+    assert fsdp.optimizer == 8 * planner.trainable_count / 8
+    assert fsdp.total < planner.memory(ddp).total
+    checkpointed = planner.memory(ddp.replace(checkpointing=True))
+    assert checkpointed.activations < planner.memory(ddp).activations
+    assert checkpointed.parameters == planner.memory(ddp).parameters
+
+
+def test_a_setting_that_does_not_fit_is_answered_with_the_fastest_that_does():
+    """On a GPU too small for the recipe's step, the answer keeps the global batch and fits; none is offered
+    when even the smallest step does not fit."""
+    planner = Planner(CFG)
+    setting = Setting(batch=4, accumulation=2, gpus=2, precision="32-true", checkpointing=False, strategy="ddp")
+    need = planner.memory(setting).total
+    small = GPUS["A100-40GB"].__class__("small", need / 2**30 * 0.8, {"32-true": 100.0})
+    best = best_fitting(planner, setting, small, 0.3)
+    assert best is not None and planner.fits(best, small) and best.global_batch == setting.global_batch
+    assert all(s.global_batch == setting.global_batch for s in alternatives(setting))
+    tiny = small.__class__("tiny", 0.001, {"32-true": 100.0})
+    assert best_fitting(planner, setting, tiny, 0.3) is None
