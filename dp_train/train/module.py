@@ -35,6 +35,13 @@ def build_network(preset: str, network: dict[str, Any] | None) -> nn.Module:
     return build_depth_pro(cfg)
 
 
+def float32(output: torch.Tensor) -> torch.autocast:
+    """Autocast switched off on `output`'s device: under bf16-mixed / 16-mixed the network runs in half precision
+    but the loss does not (the derivative losses' gradient kernels are convolutions, which autocast would run in
+    half precision too)."""
+    return torch.autocast(output.device.type, enabled=False)
+
+
 class DepthProModule(L.LightningModule):
     """Trains Depth Pro's depth network (`mode="depth"`) or its FOV head with the rest frozen (`mode="fov"`).
 
@@ -174,12 +181,14 @@ class DepthProModule(L.LightningModule):
         """Loss terms and per-image loss for the current mode (depth and FOV objectives stay separate)."""
         if self.mode == "fov":  # the frozen depth network records no autograd graph; its features reach
             _, fov = self.net(batch["image"])  # the FOV head detached (through forward: FSDP needs the root call)
-            return fov_objective(fov.float(), batch["f_px"], batch["image"].shape[-1], self.hparams.fov_loss)
+            with float32(fov):
+                return fov_objective(fov.float(), batch["f_px"], batch["image"].shape[-1], self.hparams.fov_loss)
         pred, _ = self.net(batch["image"], with_fov=False)
-        return depth_objective(
-            pred.float(), batch["target"], batch["valid"], batch["metric"], batch["synthetic"], batch["sparse"],
-            self.loss_weights, self.hparams.trim_fraction, self.hparams.derivative_scales,
-        )
+        with float32(pred):
+            return depth_objective(
+                pred.float(), batch["target"], batch["valid"], batch["metric"], batch["synthetic"], batch["sparse"],
+                self.loss_weights, self.hparams.trim_fraction, self.hparams.derivative_scales,
+            )
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         """One optimisation step's loss, with per-term, per-source, data-health and throughput logs."""

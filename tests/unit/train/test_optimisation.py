@@ -11,6 +11,7 @@ from torch import nn
 
 from dp_train.cli.main import main
 from dp_train.data.datamodule import DepthDataModule
+from dp_train.losses.objective import Objective
 from dp_train.train.module import DepthProModule
 from dp_train.train.schedules import build_schedule, drop_legacy_state
 from tests.helpers.kill_and_resume import (
@@ -142,3 +143,19 @@ def test_the_schedule_is_a_pure_function_of_the_step_and_a_checkpoints_patched_s
     checkpoint = {"lr_schedulers": [{"lr_lambdas": [dict(vars(schedule), offset=6, ends=[6])]}]}
     drop_legacy_state(checkpoint)
     assert checkpoint["lr_schedulers"][0]["lr_lambdas"][0] == vars(schedule)
+
+
+def test_the_loss_is_float32_under_mixed_precision():
+    """Lightning runs `training_step` under autocast; the objective switches it off, so bf16-mixed gives the same
+    loss, to the bit, as float32 for the same prediction (only the network runs in half precision)."""
+    torch.manual_seed(0)
+    module = DepthProModule(preset="tiny", network=NETWORK, loss=Objective(mae=1.0, mage=1.0, msge=1.0))
+    pred = torch.rand(2, 1, 512, 512) + 0.5
+    module.net.forward = lambda image, with_fov=True: (pred, None)  # a fixed float32 prediction
+    batch = {"image": torch.zeros(2, 3, 512, 512), "target": torch.rand(2, 1, 512, 512) + 0.5,
+             "valid": torch.ones(2, 1, 512, 512).bool(), "metric": torch.ones(2).bool(),
+             "synthetic": torch.ones(2).bool(), "sparse": torch.zeros(2).bool()}
+    plain = module.objective(batch)[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = module.objective(batch)[0]
+    assert all(torch.equal(plain[name], mixed[name]) and mixed[name].dtype == torch.float32 for name in plain)
