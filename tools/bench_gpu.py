@@ -148,9 +148,11 @@ def attention_dispatch(network: torch.nn.Module, device: torch.device) -> dict:
     x = torch.zeros(1, 3, network.img_size, network.img_size, device=device)
     activities = [torch.profiler.ProfilerActivity.CPU] + (
         [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with torch.no_grad(), autocast(device, reference_precision(device)), torch.profiler.profile(activities=activities) as prof:
+    profiler = torch.profiler.profile(activities=activities)
+    with torch.no_grad(), autocast(device, reference_precision(device)), profiler:
         network(x)
-    names = sorted({e.key for e in prof.key_averages() if any(k in e.key.lower() for k in ("attention", "flash", "fmha"))})
+    names = sorted({e.key for e in profiler.key_averages()
+                    if any(k in e.key.lower() for k in ("attention", "flash", "fmha"))})
     return {"timm_fused_attn": fused, "attention_ops_and_kernels": names[:12]}
 
 
@@ -362,9 +364,9 @@ def measure_network(args: argparse.Namespace, device: torch.device, report: Repo
 
 
 def add_plans(args: argparse.Namespace, device: torch.device, report: Report) -> None:
-    """Set the planner's prediction (peak GiB; seconds per step at its default utilisation of the GPU's peak
-    rate) beside every measured step: the same network with every parameter trained, one process, no DDP."""
-    from dp_train.planning.gpus import GPUS, UTILISATION
+    """Set the planner's prediction (peak GiB; seconds per step at its measured share of the GPU's peak rate by
+    per-GPU batch) beside every measured step: the same network with every parameter trained, one process, no DDP."""
+    from dp_train.planning.gpus import GPUS
     from dp_train.planning.planner import GIB, Planner, Setting
 
     overrides = {"vit_img_size": args.vit_img_size} if args.vit_img_size else {}
@@ -375,9 +377,9 @@ def add_plans(args: argparse.Namespace, device: torch.device, report: Report) ->
         setting = Setting(batch=row["batch"], accumulation=1, gpus=1, precision=row["precision"],
                           checkpointing=row["ckpt"], strategy="none")
         row["planned_gib"] = planner.memory(setting).total / GIB
-        row["planned_step_s"] = planner.step_seconds(setting, gpu, UTILISATION) if gpu else None
-    report.add("notes", f"planned: dp_train/planning at {UTILISATION:.0%} of {gpu.name if gpu else 'an unknown GPU'}'s"
-                        " peak rate (time), every parameter trained, one process")
+        row["planned_step_s"] = planner.step_seconds(setting, gpu) if gpu else None
+    report.add("notes", f"planned: dp_train/planning, time at the measured share by batch of "
+                        f"{gpu.name if gpu else 'an unknown GPU'}'s peak rate, every parameter trained, one process")
 
 
 def main() -> None:

@@ -1,11 +1,11 @@
 """`python -m dp_train plan --recipe R.yaml [--gpu A100-40GB] [--gpus N]`: before renting GPUs, what a recipe's
 training step needs per GPU (parameters, gradients, AdamW state, DDP buckets, activations), its FLOPs, time per
-step and for the whole run at a stated utilisation, whether it fits each GPU and, when it does not (or a faster
-setting would), the nearest setting that does with the same global batch.
+step and for the whole run at a measured (or given) utilisation, whether it fits each GPU and, when it does not
+(or a faster setting would), the nearest setting that does with the same global batch.
 
 The network is traced, not run (dp_train/planning): seconds on a CPU even for depth_pro_l. Memory was within 3 %
 of an H200's measured peak for depth_pro_l at 1536² (results/gpu_h200.md); time assumes the utilisation given
-(default: what that H200 measured eagerly) and that communication overlaps compute.
+(default: what that H200 reached eagerly at the same per-GPU batch) and that communication overlaps compute.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import yaml
 
 from dp_train.cli.recipe_file import check_yaml, merged
 from dp_train.model import DepthProConfig
-from dp_train.planning.gpus import DEFAULT_GPUS, GPUS, UTILISATION, USABLE_FRACTION
+from dp_train.planning.gpus import DEFAULT_GPUS, GPUS, USABLE_FRACTION, UTILISATION_BY_BATCH, UTILISATION_LARGE
 from dp_train.planning.planner import GIB, Planner, Setting, best_fitting
 
 
@@ -26,8 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", action="append", required=True, help="recipe file (repeatable, merged in order)")
     parser.add_argument("--gpu", action="append", choices=sorted(GPUS), help=f"default: {', '.join(DEFAULT_GPUS)}")
     parser.add_argument("--gpus", type=int, default=None, help="GPUs in all (default: the recipe's devices x nodes)")
-    parser.add_argument("--utilisation", type=float, default=UTILISATION,
-                        help=f"share of the GPU's peak rate a step achieves (default {UTILISATION})")
+    parser.add_argument("--utilisation", type=float, default=None,
+                        help="share of the GPU's peak rate a step achieves (default: as measured on an H200 at the "
+                             "setting's per-GPU batch and checkpointing, 0.18 to 0.32)")
 
 
 def read_recipes(paths: list[str]) -> dict[str, Any]:
@@ -72,13 +73,16 @@ def memory_line(planner: Planner, setting: Setting) -> str:
     memory = planner.memory(setting)
     parts = [("parameters", memory.parameters), ("gradients", memory.gradients), ("AdamW", memory.optimizer),
              ("DDP buckets", memory.ddp_buckets), ("activations", memory.activations)]
-    return " + ".join(f"{name} {value / GIB:.1f}" for name, value in parts if value) + f" = {memory.total / GIB:.1f} GiB"
+    shown = " + ".join(f"{name} {value / GIB:.1f}" for name, value in parts if value)
+    return f"{shown} = {memory.total / GIB:.1f} GiB"
 
 
-def gpu_rows(planner: Planner, setting: Setting, steps: int, gpu_names: list[str], utilisation: float) -> list[str]:
+def gpu_rows(planner: Planner, setting: Setting, steps: int, gpu_names: list[str],
+             utilisation: float | None) -> list[str]:
     """A Markdown table: per GPU model, fits or not, seconds per step, hours for the run, and the fastest
     setting that fits when it is not the recipe's own."""
-    rows = ["| GPU | fits | s / step | run (h) | fastest setting that fits, same global batch |", "|---|---|---|---|---|"]
+    rows = ["| GPU | fits | s / step | run (h) | fastest setting that fits, same global batch |",
+            "|---|---|---|---|---|"]
     for name in gpu_names:
         gpu = GPUS[name]
         own = setting.replace(precision="16-mixed") if gpu.rate(setting.precision) is None else setting
@@ -92,7 +96,7 @@ def gpu_rows(planner: Planner, setting: Setting, steps: int, gpu_names: list[str
     return rows
 
 
-def plan_text(recipe: dict[str, Any], names: list[str], gpus: int | None, utilisation: float) -> str:
+def plan_text(recipe: dict[str, Any], names: list[str], gpus: int | None, utilisation: float | None) -> str:
     """The whole plan of one merged recipe."""
     model, data = recipe.get("model") or {}, recipe.get("data") or {}
     network = {k: v for k, v in (model.get("network") or {}).items() if k not in DepthProConfig.RUNTIME_FIELDS}
@@ -109,8 +113,16 @@ def plan_text(recipe: dict[str, Any], names: list[str], gpus: int | None, utilis
              f"FLOPs per image (forward + backward{' + recomputation' if setting.checkpointing else ''}): "
              f"{flops / 1e12:.1f} TFLOP",
              f"memory per GPU: {memory_line(planner, setting)} (fits: at most {USABLE_FRACTION:.0%} of the GPU)",
-             f"time: at {utilisation:.0%} of each GPU's peak dense rate, compute only", ""]
+             f"time: at {share_text(utilisation)} of each GPU's peak dense rate, compute only", ""]
     return "\n".join(lines + gpu_rows(planner, setting, steps, names, utilisation))
+
+
+def share_text(utilisation: float | None) -> str:
+    """How the plan's times were reached: the given share, or the measured share by per-GPU batch."""
+    if utilisation is not None:
+        return f"{utilisation:.0%}"
+    low, high = min(UTILISATION_BY_BATCH[True].values()), max(UTILISATION_LARGE.values())
+    return f"the share an H200 reached at the same per-GPU batch and checkpointing ({low:.0%} to {high:.0%})"
 
 
 def run(args: argparse.Namespace) -> int:

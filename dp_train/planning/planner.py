@@ -1,6 +1,7 @@
 """Memory per GPU and time of a training run's steps, from traces of the real network (dp_train/planning/trace.py)
 and the arithmetic of the strategy: what each GPU holds of the parameters, gradients and AdamW state under DDP
-or FSDP2, plus the traced activations; time from the counted FLOPs at a stated utilisation of the GPU's peak."""
+or FSDP2, plus the traced activations; time from the counted FLOPs at the share of the GPU's peak rate measured
+at that per-GPU batch (dp_train/planning/gpus.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from dp_train.model import DepthProConfig
 from dp_train.model.parallelize import blocks
-from dp_train.planning.gpus import USABLE_FRACTION, Gpu
+from dp_train.planning.gpus import USABLE_FRACTION, Gpu, utilisation
 from dp_train.planning.trace import fake_network, trace_step
 from dp_train.train.optim import freeze_for_mode, freeze_vit_layernorms
 
@@ -108,14 +109,16 @@ class Planner:
         """Counted FLOPs of forward + backward (+ recomputation) per image."""
         return self.step_bytes_and_flops(1, precision, checkpointing)[1]
 
-    def step_seconds(self, setting: Setting, gpu: Gpu, utilisation: float) -> float | None:
-        """Seconds per optimizer step (accumulated micro-steps, compute only, communication assumed overlapped);
-        None when the GPU has no tensor cores for the precision."""
+    def step_seconds(self, setting: Setting, gpu: Gpu, share: float | None = None) -> float | None:
+        """Seconds per optimizer step (accumulated micro-steps, compute only, communication assumed overlapped) at
+        `share` of the GPU's peak rate (None: the share measured at the setting's per-GPU batch and
+        checkpointing); None when the GPU has no tensor cores for the precision."""
         rate = gpu.rate(setting.precision)
         if rate is None:
             return None
         _, flops = self.step_bytes_and_flops(setting.batch, setting.precision, setting.checkpointing)
-        return setting.accumulation * flops / (rate * 1e12 * utilisation)
+        share = share or utilisation(setting.batch, setting.checkpointing)
+        return setting.accumulation * flops / (rate * 1e12 * share)
 
     def fits(self, setting: Setting, gpu: Gpu) -> bool:
         """Whether the predicted peak leaves the margin of `USABLE_FRACTION` free."""
@@ -132,10 +135,11 @@ def alternatives(setting: Setting) -> list[Setting]:
             for s in strategies for c in (False, True) for b in batches]
 
 
-def best_fitting(planner: Planner, setting: Setting, gpu: Gpu, utilisation: float) -> Setting | None:
-    """The fastest alternative that fits `gpu` (fewest changes from `setting` on a tie); None if none does."""
+def best_fitting(planner: Planner, setting: Setting, gpu: Gpu, share: float | None = None) -> Setting | None:
+    """The fastest alternative that fits `gpu` (fewest changes from `setting` on a tie) at `share` of its peak
+    rate (None: the measured share by batch); None if none does."""
     fitting = [s for s in alternatives(setting) if planner.fits(s, gpu)]
-    timed = [(planner.step_seconds(s, gpu, utilisation), s) for s in fitting]
+    timed = [(planner.step_seconds(s, gpu, share), s) for s in fitting]
     timed = [(t, s) for t, s in timed if t is not None]
     if not timed:
         return None
