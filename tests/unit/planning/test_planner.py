@@ -20,23 +20,27 @@ from dp_train.planning.trace import fake_network, trace_step
 
 CFG = DepthProConfig.preset("tiny", vit_img_size=128)
 MEASURE_STEP = """
-import resource, sys, torch
+import sys, torch
 from dp_train.model import DepthProConfig, build_depth_pro
 from dp_train.model.parallelize import parallelize
 network = build_depth_pro(DepthProConfig.preset("tiny", vit_img_size=128))
 parallelize(network, None, activation_checkpointing=sys.argv[1] == "1")
 image = torch.rand(int(sys.argv[2]), 3, network.img_size, network.img_size)
+with open("/proc/self/clear_refs", "w") as refs:
+    refs.write("5")  # the peak resident set (VmHWM) starts again from here
 before = int(open("/proc/self/statm").read().split()[1]) * 4096
 inverse_depth, fov = network(image)
 (inverse_depth.float().mean() + fov.float().mean()).backward()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
+status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines())
+print(int(status["VmHWM"].split()[0]) * 1024 - before)
 """
 
 
 def measured_step_bytes(checkpointing: bool, batch: int) -> int:
-    """Peak resident memory a real float32 step adds to its process. glibc's mmap threshold is pinned so that
-    every allocation above 64 KiB is mapped on its own and returned when freed: the resident set then follows
-    the live tensors."""
+    """Peak resident memory a real float32 step adds to its process: the kernel's peak (VmHWM) is reset just
+    before the step, since building the network and importing may peak higher. glibc's mmap threshold is pinned
+    so that every allocation above 64 KiB is mapped on its own and returned when freed: the resident set then
+    follows the live tensors."""
     env = os.environ | {"MALLOC_MMAP_THRESHOLD_": "65536"}
     proc = subprocess.run([sys.executable, "-c", MEASURE_STEP, str(int(checkpointing)), str(batch)], env=env,
                           capture_output=True, text=True, check=True)
