@@ -18,21 +18,18 @@ def plan(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
-def test_plan_prints_the_recipes_step_memory_and_a_row_per_gpu():
-    proc = plan("--recipe", str(QUICKSTART), "--gpu", "A100-40GB", "--gpu", "V100-32GB")
+def test_plan_prints_the_step_memory_and_a_row_per_gpu_with_gpus_changing_only_the_accumulation(tmp_path):
+    """One run (each traces the network): the recipe read as `fit` reads it, with a layered recipe's global
+    batch split over 4 GPUs by accumulation, the step's memory by part, and one row per requested GPU."""
+    recipe = tmp_path / "sixteen.yaml"
+    recipe.write_text("data: {global_batch_size: 16}\n")
+    proc = plan("--recipe", str(QUICKSTART), "--recipe", str(recipe), "--gpus", "4",
+                "--gpu", "A100-40GB", "--gpu", "V100-32GB")
     assert proc.returncode == 0, proc.stderr
-    assert "step: batch 2/GPU x 1 GPU x 1 accumulated = 2, 32-true, act. ckpt off" in proc.stdout
+    assert "step: batch 2/GPU x 4 GPU x 2 accumulated = 16, 32-true, act. ckpt off" in proc.stdout
     assert "400 steps" in proc.stdout and "memory per GPU: parameters" in proc.stdout
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| A100-40GB") or line.startswith("| V100")]
     assert len(rows) == 2 and all("| yes |" in row for row in rows)
-
-
-def test_gpus_change_the_accumulation_not_the_global_batch(tmp_path):
-    recipe = tmp_path / "eight.yaml"
-    recipe.write_text("data: {global_batch_size: 16}\n")
-    proc = plan("--recipe", str(QUICKSTART), "--recipe", str(recipe), "--gpus", "4", "--gpu", "H100-80GB")
-    assert proc.returncode == 0, proc.stderr
-    assert "batch 2/GPU x 4 GPU x 2 accumulated = 16" in proc.stdout
 
 
 def test_a_global_batch_the_gpus_cannot_split_is_one_error_line(tmp_path):
