@@ -16,10 +16,15 @@ import importlib
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 from torch import nn
@@ -29,6 +34,7 @@ from dp_train.inference.onnx_parity import (
     OutputParity,
     check_images,
     check_parity,
+    torch_references,
 )
 from dp_train.model import DepthPro, DepthProConfig, build_depth_pro
 from dp_train.model.weights import check_state_dict_fits, config_for
@@ -180,8 +186,9 @@ def write_checked(graph: Graph, images: torch.Tensor, args: argparse.Namespace) 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        sidecar = stage(graph, images, staging / out.name, args)
-        place(staging, out)
+        with sigterm_as_exit():
+            sidecar = stage(graph, images, staging / out.name, args)
+            place(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         for folder in created if not out.exists() else ():  # deepest first, and only when left empty
@@ -190,12 +197,36 @@ def write_checked(graph: Graph, images: torch.Tensor, args: argparse.Namespace) 
     return sidecar
 
 
+@contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """Within it, SIGTERM (`kill`, a scheduler's time limit) raises SystemExit, so that the staging folder (3.8 GB
+    for depth_pro_l) is removed on the way out rather than left behind; the previous handler is restored after.
+    Handlers can be set from the main thread only: elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, raise_exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def raise_exit(signum: int, frame: object) -> NoReturn:
+    """Signal handler: leave through SystemExit with the shell's code for the signal (128 + its number)."""
+    raise SystemExit(128 + signum)
+
+
 def stage(graph: Graph, images: torch.Tensor, path: Path, args: argparse.Namespace) -> dict:
-    """Export and check the graph at `path` (in the staging folder) and write its sidecar there."""
+    """Export and check the graph at `path` (in the staging folder) and write its sidecar there. PyTorch runs
+    first (float32, then float64), then the export, then ONNX Runtime: the peak memory is the larger of the
+    float64 pass and ONNX Runtime's session beside the float32 network."""
     start = time.perf_counter()
+    references = torch_references(graph, images)
+    torch_seconds = time.perf_counter() - start
     export_graph(graph, path, args.external_data or needs_external_data(graph))
-    export_seconds = time.perf_counter() - start
-    parity = check_parity(graph, graph.output_names, path, images, args.max_rel_error)
+    export_seconds = time.perf_counter() - start - torch_seconds
+    parity = check_parity(graph.output_names, path, images, references, args.max_rel_error)
     refuse_if_off(parity, len(images), args.max_rel_error)
     sidecar = figures(graph, path, parity, len(images), args) | {"export_seconds": round(export_seconds, 2)}
     sidecar["parity"]["seconds"] = round(time.perf_counter() - start - export_seconds, 2)

@@ -119,15 +119,19 @@ def onnxruntime_outputs(path: Path, images: torch.Tensor) -> list[np.ndarray]:
     return session.run(None, {session.get_inputs()[0].name: images.numpy()})
 
 
+def torch_references(graph: nn.Module, images: torch.Tensor) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """PyTorch's outputs on `images` in float32 and in float64. Taken before the export: torch's exporter keeps
+    the float32 weights alive after it returns, so that converting to float64 afterwards would hold both."""
+    return torch_outputs(graph, images, torch.float32), torch_outputs(graph, images, torch.float64)
+
+
 def check_parity(
-    graph: nn.Module, names: tuple[str, ...], path: Path, images: torch.Tensor, max_rel: float | None = None
+    names: tuple[str, ...], path: Path, images: torch.Tensor, references: tuple[list[np.ndarray], list[np.ndarray]],
+    max_rel: float | None = None,
 ) -> dict[str, OutputParity]:
-    """Run the ONNX file at `path` and `graph` (PyTorch, float32 and float64) on `images`; the parity of each
-    output, by name. ONNX Runtime's session is gone before the float64 pass, whose copy of the weights is the
-    largest."""
-    torch32 = torch_outputs(graph, images, torch.float32)
+    """Run the ONNX file at `path` on `images`; the parity of each output, by name, against PyTorch's float32 and
+    float64 `references` (`torch_references`)."""
     onnx = onnxruntime_outputs(path, images)
     if len(onnx) != len(names):
         raise ValueError(f"the ONNX graph gives {len(onnx)} outputs, PyTorch {len(names)} ({', '.join(names)})")
-    torch64 = torch_outputs(graph, images, torch.float64)
-    return {name: compare(*values, max_rel=max_rel) for name, *values in zip(names, onnx, torch32, torch64)}
+    return {name: compare(*values, max_rel=max_rel) for name, *values in zip(names, onnx, *references)}

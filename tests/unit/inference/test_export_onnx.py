@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -39,13 +41,19 @@ def run_export(*argv: str) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """One export of the tiny network, weights forced into <out>.data, checked on one random image and one file."""
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny network's weights, as `export` reads them (the .safetensors records the network's shape)."""
     for name in onnx_export.EXTRA:
         pytest.importorskip(name, reason="the optional extra: pip install -e '.[onnx]'")
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    save_weights(tiny_network(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory, weights: Path) -> dict:
+    """One export of the tiny network, weights forced into <out>.data, checked on one random image and one file."""
     root = tmp_path_factory.mktemp("onnx")
-    weights = root / "tiny.safetensors"
-    save_weights(tiny_network(), weights)
     photo = root / "photo.png"
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (48, 80, 3), dtype=np.uint8)).save(photo)
@@ -128,6 +136,20 @@ def test_a_graph_off_by_more_than_the_bound_is_refused_and_nothing_is_left(expor
         assert "canonical_inverse_depth max abs error" in stderr and "fov_deg" not in stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.onnx"]  # no staging folder, no created folders
     assert kept.read_bytes() == b"an earlier export"
+
+
+def test_a_killed_export_leaves_nothing_behind(weights, tmp_path, monkeypatch):
+    def killed_export(graph, path: Path, external: bool) -> None:
+        """Half a graph written, then SIGTERM (a scheduler's time limit, `kill`)."""
+        path.write_bytes(b"half a graph")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(onnx_export, "export_graph", killed_export)
+    handler = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stop:
+        run_export("--ckpt", str(weights), "--out", str(tmp_path / "new" / "model.onnx"), "--parity-images", "1")
+    assert stop.value.code == 128 + signal.SIGTERM
+    assert list(tmp_path.iterdir()) == [] and signal.getsignal(signal.SIGTERM) == handler
 
 
 def test_the_bound_refuses_outputs_off_by_more_than_it():
