@@ -17,6 +17,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -37,7 +39,7 @@ from dp_train.inference.onnx_parity import (
     torch_references,
 )
 from dp_train.model import DepthPro, DepthProConfig, build_depth_pro
-from dp_train.model.weights import check_state_dict_fits, config_for
+from dp_train.model.weights import check_state_dict_fits, config_for, read_weights
 
 OPSET = 18
 """ONNX opset of the graph: the one torch's dynamo exporter translates to natively (its onnxscript function library
@@ -158,6 +160,28 @@ def export_graph(graph: Graph, path: Path, external: bool) -> None:
     onnx_ir.save(program.model, path, external_data=companions(path)[0].name if external else None)
 
 
+def export_in_child(source: Path, shape: dict, path: Path, external: bool) -> None:
+    """`export_graph` for the network of `shape` in the weights file `source`, run in a child process that reads
+    them itself. torch's exporter keeps memory after it returns (the float32 weights among it: about 10 GB in all
+    for depth_pro_l), and only the end of a process gives it back. An exporter that fails is one ValueError with
+    its last line (its warnings are not shown)."""
+    code = "import sys; from dp_train.inference.onnx_export import export_from_file; export_from_file(*sys.argv[1:])"
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    argv = [str(source), json.dumps(shape), str(path), "external" if external else "inline"]
+    child = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True, check=False)
+    if child.returncode:
+        lines = child.stderr.strip().splitlines()
+        reason = lines[-1] if lines and child.returncode > 0 else f"killed by signal {-child.returncode} (out of memory?)"
+        raise ValueError(f"torch's ONNX exporter failed (exit code {child.returncode}): {reason}")
+
+
+def export_from_file(source: str, shape: str, path: str, weights: str) -> None:
+    """The child's side of `export_in_child`: read, build and export (`weights`: "external" or "inline")."""
+    state, _ = read_weights(source)
+    export_graph(Graph(load_network(state, json.loads(shape), source)), Path(path), weights == "external")
+
+
 def needs_external_data(graph: Graph) -> bool:
     """Whether the graph with its weights inline would reach protobuf's 2 GiB limit."""
     weights = sum(t.numel() * t.element_size() for t in graph.state_dict().values())
@@ -169,7 +193,7 @@ def run(args: argparse.Namespace, state: dict[str, torch.Tensor], shape: dict) -
     graph raises ValueError, with nothing written."""
     graph = Graph(load_network(state, shape, str(args.ckpt)))
     images = check_images(args.parity_images, args.parity_image, graph.net.img_size)
-    sidecar = write_checked(graph, images, args)
+    sidecar = write_checked(graph, shape, images, args)
     parity = ", ".join(f"{name} max abs {f['max_abs']:.3g} (bound {f['bound_abs']:.3g})"
                        for name, f in sidecar["parity"]["outputs"].items())
     print(f"wrote {', '.join(sidecar['files'])} and {companions(args.out)[1].name} to {args.out.parent}: opset "
@@ -177,7 +201,7 @@ def run(args: argparse.Namespace, state: dict[str, torch.Tensor], shape: dict) -
     return 0
 
 
-def write_checked(graph: Graph, images: torch.Tensor, args: argparse.Namespace) -> dict:
+def write_checked(graph: Graph, shape: dict, images: torch.Tensor, args: argparse.Namespace) -> dict:
     """Export `graph` into a temporary folder beside args.out, check it on `images`, and move the files into
     place only when every output is within its bound; the sidecar's content is returned. Nothing is left behind
     otherwise (a folder created for args.out included)."""
@@ -187,7 +211,7 @@ def write_checked(graph: Graph, images: torch.Tensor, args: argparse.Namespace) 
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         with sigterm_as_exit():
-            sidecar = stage(graph, images, staging / out.name, args)
+            sidecar = stage(graph, shape, images, staging / out.name, args)
             place(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -217,14 +241,15 @@ def raise_exit(signum: int, frame: object) -> NoReturn:
     raise SystemExit(128 + signum)
 
 
-def stage(graph: Graph, images: torch.Tensor, path: Path, args: argparse.Namespace) -> dict:
+def stage(graph: Graph, shape: dict, images: torch.Tensor, path: Path, args: argparse.Namespace) -> dict:
     """Export and check the graph at `path` (in the staging folder) and write its sidecar there. PyTorch runs
     first (float32, then float64), then the export, then ONNX Runtime: the peak memory is the larger of the
-    float64 pass and ONNX Runtime's session beside the float32 network."""
+    float64 pass, the exporter's process and ONNX Runtime's session, one at a time."""
     start = time.perf_counter()
     references = torch_references(graph, images)
+    graph.to("meta")  # the weights' memory back before the export and ONNX Runtime (the shapes stay)
     torch_seconds = time.perf_counter() - start
-    export_graph(graph, path, args.external_data or needs_external_data(graph))
+    export_in_child(args.ckpt, shape, path, args.external_data or needs_external_data(graph))
     export_seconds = time.perf_counter() - start - torch_seconds
     parity = check_parity(graph.output_names, path, images, references, args.max_rel_error)
     refuse_if_off(parity, len(images), args.max_rel_error)

@@ -118,14 +118,14 @@ def test_a_graph_off_by_more_than_the_bound_is_refused_and_nothing_is_left(expor
 
     assert exported["code"] == 0, exported["stderr"]
 
-    def broken_export(graph, path: Path, external: bool) -> None:
+    def broken_export(source: Path, shape: dict, path: Path, external: bool) -> None:
         """The good graph with the depth head's last weights 1 % too large."""
         proto = onnx.load(str(exported["out"]))
         tensor = next(t for t in proto.graph.initializer if t.name == "net.head.4.weight")
         tensor.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(tensor) * 1.01, tensor.name))
         onnx.save(proto, str(path))
 
-    monkeypatch.setattr(onnx_export, "export_graph", broken_export)
+    monkeypatch.setattr(onnx_export, "export_in_child", broken_export)
     kept = tmp_path / "kept.onnx"
     kept.write_bytes(b"an earlier export")
     for out, extra in ((tmp_path / "new" / "deeper" / "model.onnx", ()), (kept, ("--overwrite",))):
@@ -138,18 +138,28 @@ def test_a_graph_off_by_more_than_the_bound_is_refused_and_nothing_is_left(expor
     assert kept.read_bytes() == b"an earlier export"
 
 
+@pytest.mark.slow
 def test_a_killed_export_leaves_nothing_behind(weights, tmp_path, monkeypatch):
-    def killed_export(graph, path: Path, external: bool) -> None:
+    def killed_export(source: Path, shape: dict, path: Path, external: bool) -> None:
         """Half a graph written, then SIGTERM (a scheduler's time limit, `kill`)."""
         path.write_bytes(b"half a graph")
         os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(onnx_export, "export_graph", killed_export)
+    monkeypatch.setattr(onnx_export, "export_in_child", killed_export)
     handler = signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit) as stop:
         run_export("--ckpt", str(weights), "--out", str(tmp_path / "new" / "model.onnx"), "--parity-images", "1")
     assert stop.value.code == 128 + signal.SIGTERM
     assert list(tmp_path.iterdir()) == [] and signal.getsignal(signal.SIGTERM) == handler
+
+
+@pytest.mark.slow
+def test_an_exporter_that_fails_in_its_process_is_one_error(tmp_path):
+    with pytest.raises(ValueError) as failed:
+        onnx_export.export_in_child(tmp_path / "gone.safetensors", {}, tmp_path / "m.onnx", external=False)
+    assert str(failed.value) == ("torch's ONNX exporter failed (exit code 1): FileNotFoundError: weights file not "
+                                 f"found: {tmp_path / 'gone.safetensors'}")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_bound_refuses_outputs_off_by_more_than_it():
