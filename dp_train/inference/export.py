@@ -1,4 +1,5 @@
-"""`python -m dp_train export`: a training checkpoint's network as Apple-layout weights."""
+"""`python -m dp_train export`: a training checkpoint's network as Apple-layout weights, or as an ONNX graph
+(dp_train/inference/onnx_export.py)."""
 
 from __future__ import annotations
 
@@ -9,32 +10,50 @@ from pathlib import Path
 
 import torch
 
+from dp_train.inference import onnx_export
 from dp_train.model import build_depth_pro
-from dp_train.model.weights import check_state_dict_fits, config_for, read_weights, save_state_dict
+from dp_train.model.weights import (
+    check_state_dict_fits,
+    config_for,
+    read_weights,
+    save_state_dict,
+)
 
-SUFFIXES = (".pt", ".pth", ".safetensors")
+FORMATS = {"pt": (".pt", ".pth"), "safetensors": (".safetensors",), "onnx": (".onnx",)}
+"""--format -> the file name endings --out may have; without --format, the ending chooses."""
+SUFFIXES = tuple(suffix for suffixes in FORMATS.values() for suffix in suffixes)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the export command."""
     parser.add_argument("--ckpt", required=True, type=Path,
-                        help="Lightning checkpoint written by fit: a .ckpt file, or an FSDP run's sharded .ckpt directory")
+                        help="Lightning checkpoint written by fit: a .ckpt file, or an FSDP run's sharded .ckpt "
+                             "directory; also exported weights (.safetensors, or a .pt of the depth_pro_l shape)")
     parser.add_argument("--out", required=True, type=Path,
-                        help="output file: .pt/.pth (torch, tensors only) or .safetensors (which also records the "
-                             "network's shape, so `predict` needs no --preset)")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+                        help="output file: .pt/.pth (torch, tensors only), .safetensors (which also records the "
+                             "network's shape, so `predict` needs no --preset) or .onnx (with <out>.json, and "
+                             "<out>.data beyond 2 GiB of weights: docs/export.md)")
+    parser.add_argument("--format", choices=sorted(FORMATS), default=None,
+                        help="what to write (default: chosen by --out's ending)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out (and its .json/.data) if it exists")
+    onnx_export.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Write the network's tensors under the reference's names (loadable by Apple's code with strict=True)."""
-    problem = out_problem(args.out, args.ckpt, args.overwrite)
-    if problem:
-        print(f"error: --out {args.out} {problem}", file=sys.stderr)
+    """Write the network's tensors under the reference's names (loadable by Apple's code with strict=True), or
+    its graph as ONNX (`--format onnx`)."""
+    onnx = (args.format or format_of(args.out)) == "onnx"
+    problem = out_problem(args.out, args.ckpt, args.overwrite, FORMATS[args.format] if args.format else SUFFIXES,
+                          onnx_export.companions(args.out) if onnx else ())
+    if problem or (onnx and (problem := onnx_export.usage_problem(args))):
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     try:
         state, shape = read_weights(args.ckpt)
         if shape:
             check_shape(state, shape, args.ckpt)
+        if onnx:
+            return onnx_export.run(args, state, shape)
     except (FileNotFoundError, ValueError, KeyError, TypeError) as err:
         print(f"error: {err.args[0] if isinstance(err, KeyError) and err.args else err}", file=sys.stderr)
         return 2
@@ -44,20 +63,31 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def out_problem(out: Path, ckpt: Path, overwrite: bool) -> str | None:
-    """Why `out` cannot be written, or None. The input itself (the same file after resolving links and relative
-    paths, or a file inside a sharded checkpoint directory) is refused even with `overwrite`: bare weights would
-    replace the training state. A folder on the way that is a file would fail only after reading the weights."""
-    if is_or_inside(out, ckpt):
-        return f"is, or lies inside, the checkpoint --ckpt {ckpt}: choose another file (the input is never replaced, " \
-               "even with --overwrite)"
-    if out.suffix not in SUFFIXES:
-        return f"must end in one of {', '.join(SUFFIXES)}"
+def format_of(out: Path) -> str:
+    """The format --out's ending chooses (torch's for an unknown ending, which `out_problem` refuses)."""
+    return next((name for name, suffixes in FORMATS.items() if out.suffix in suffixes), "pt")
+
+
+def out_problem(
+    out: Path, ckpt: Path, overwrite: bool, suffixes: tuple[str, ...] = SUFFIXES, companions: tuple[Path, ...] = ()
+) -> str | None:
+    """Why `out` (and the `companions` written beside it) cannot be written, or None; the message names the file.
+    The input itself (the same file after resolving links and relative paths, or a file inside a sharded
+    checkpoint directory) is refused even with `overwrite`: bare weights would replace the training state. A
+    folder on the way that is a file would fail only after reading the weights."""
+    for path in (out, *companions):
+        if is_or_inside(path, ckpt):
+            return f"--out {path} is, or lies inside, the checkpoint --ckpt {ckpt}: choose another file (the input " \
+                   "is never replaced, even with --overwrite)"
+    if out.suffix not in suffixes:
+        return f"--out {out} must end in one of {', '.join(suffixes)}"
     folder = next(p for p in (out.parent.absolute(), *out.parent.absolute().parents) if p.exists())
     if not folder.is_dir():
-        return f"cannot be written: {folder} is a file, not a folder"
-    if out.exists() and (out.is_dir() or not overwrite):
-        return "is a directory" if out.is_dir() else "exists: pass --overwrite to replace it"
+        return f"--out {out} cannot be written: {folder} is a file, not a folder"
+    for path in (out, *companions):
+        if path.exists() and (path.is_dir() or not overwrite):
+            return f"--out {path} is a directory" if path.is_dir() else \
+                f"--out {path} exists: pass --overwrite to replace it"
     return None
 
 
