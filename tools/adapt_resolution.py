@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="weights that record their network shape (default: the shipped toy start, 512²)")
     p.add_argument("--vit-img-size", type=int, default=256,
                    help="ViT input of the other network, a multiple of 128 (default 256: 1024² input)")
-    p.add_argument("--steps", type=int, default=100, help="fine-tuning steps at batch 2 (default 100)")
+    p.add_argument("--steps", type=int, default=50, help="fine-tuning steps at batch 2 (default 50)")
     p.add_argument("--train", type=int, default=48, help="training scenes per look (default 48)")
     p.add_argument("--val", type=int, default=24, help="held-out scenes per look (default 24)")
     p.add_argument("--size", type=int, default=256, help="scene side in pixels (default 256, as tools/ablate.py)")
