@@ -151,11 +151,16 @@ def run_recipe(run: Path, condition: Path, scenes: dict[str, Path], seed: int, s
 
 def fit(run: Path, condition: Path, last: Path) -> dict[str, float]:
     """`python -m dp_train fit` with base, condition and run recipes (output in the run's fit.log); the final
-    validation metrics. The child is killed when this tool is interrupted or terminated."""
+    validation metrics."""
+    return run_dp_train(run, "fit", [RECIPES / "base.yaml", condition, last])
+
+
+def run_dp_train(run: Path, subcommand: str, recipes: list[Path]) -> dict[str, float]:
+    """`python -m dp_train <subcommand>` (fit or validate) with `recipes` (output in the run's <subcommand>.log);
+    the final validation metrics. The child is killed when this tool is interrupted or terminated."""
     env = os.environ | {"PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
-    command = [sys.executable, "-m", "dp_train", "fit", "--recipe", str(RECIPES / "base.yaml"),
-               "--recipe", str(condition), "--recipe", str(last)]
-    log = run / "fit.log"
+    command = [sys.executable, "-m", "dp_train", subcommand, *(arg for r in recipes for arg in ("--recipe", str(r)))]
+    log = run / f"{subcommand}.log"
     with open(log, "w") as out, subprocess.Popen(command, env=env, cwd=REPO, stdout=out, stderr=out) as child:
         try:
             code = child.wait()
@@ -164,7 +169,7 @@ def fit(run: Path, condition: Path, last: Path) -> dict[str, float]:
             raise
     if code != 0:
         lines = log.read_text().strip().splitlines() or ["(no output)"]
-        raise RuntimeError(f"{run.name}: fit failed ({log}): {lines[-1]}")
+        raise RuntimeError(f"{run.name}: {subcommand} failed ({log}): {lines[-1]}")
     metrics = validation_metrics(sorted(run.glob("csv/version_*/metrics.csv"))[-1])
     if not metrics:
         raise RuntimeError(f"{run.name}: no validation metrics in its metrics.csv ({log})")

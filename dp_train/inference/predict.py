@@ -22,7 +22,7 @@ from PIL import Image
 from dp_train.utils.exif import focal_35mm_to_px
 from dp_train.inference.images import image_to_tensor, load_image
 from dp_train.model import PRESETS, DepthPro, DepthProConfig, build_depth_pro
-from dp_train.model.weights import check_state_dict_fits, config_for, read_weights
+from dp_train.model.weights import config_for, fit_state_dict, read_weights
 from dp_train.utils.visualize import colorize_inverse_depth
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
@@ -205,12 +205,13 @@ def check_dtype_supported(device: torch.device, dtype: torch.dtype) -> None:
 def load_model(weights: Path, preset: str | None, vit_img_size: int | None = None) -> DepthPro:
     """Build the network `weights` need and load them strictly. Its shape: `preset` if given, else the one the
     weights record (a training checkpoint's hyper-parameters, an exported .safetensors' header), else
-    `depth_pro_l`; `vit_img_size` on top. The FOV head is included iff the weights have one."""
+    `depth_pro_l`; `vit_img_size` on top (weights trained at another size load with their ViTs' position
+    embeddings resampled, said on stderr). The FOV head is included iff the weights have one."""
     try:
         state, shape = read_weights(weights)
         overrides = {"vit_img_size": vit_img_size} if vit_img_size is not None else {}
         model = build_depth_pro(config_for(state, {"preset": preset} if preset else shape, **overrides))
-        check_state_dict_fits(model, state, str(weights))
+        state = fit_state_dict(model, state, str(weights))
     except (FileNotFoundError, ValueError, KeyError, TypeError) as err:
         raise UsageError(_one_line(err)) from None
     model.load_state_dict(state)

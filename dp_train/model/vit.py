@@ -6,11 +6,10 @@ from pathlib import Path
 
 import timm
 import torch
-import torch.nn.functional as F
-from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from dp_train.model.config import DepthProConfig
+from dp_train.model.resample import resample_pos_embed, resize_kernel
 from dp_train.model.weights import check_state_dict_fits, read_state_dict
 
 TIMM_ARCH = "vit_large_patch14_dinov2"
@@ -44,18 +43,6 @@ def tokens_to_map(tokens: torch.Tensor, vit: nn.Module) -> torch.Tensor:
     return spatial.reshape(spatial.shape[0], side, side, -1).permute(0, 3, 1, 2)
 
 
-def resize_patch_kernel(weight: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """Resize a (C, 3, p, p) patch-embedding kernel to `patch_size` as Depth Pro does.
-
-    Bicubic interpolation of the kernel, scaled by the area ratio (p / new)^2 so
-    that a constant image gives the same embedding. timm's own pretrained path
-    uses a pseudo-inverse resize instead, which gives different weights.
-    """
-    old_h, old_w = weight.shape[-2:]
-    resized = F.interpolate(weight.float(), size=(patch_size, patch_size), mode="bicubic", align_corners=False)
-    return (resized * (old_h / patch_size) * (old_w / patch_size)).to(weight.dtype)
-
-
 def adapt_dinov2_state_dict(state: dict[str, torch.Tensor], vit: nn.Module, source: str) -> dict[str, torch.Tensor]:
     """Convert a timm DINOv2 state dict (14 px patches, 518 px) to `vit`'s patch and grid size.
 
@@ -66,10 +53,8 @@ def adapt_dinov2_state_dict(state: dict[str, torch.Tensor], vit: nn.Module, sour
     if "patch_embed.proj.weight" not in state or "pos_embed" not in state:
         raise ValueError(f"{source}: not a timm ViT state dict (no patch_embed.proj.weight / pos_embed)")
     target_patch = vit.patch_embed.proj.weight.shape[-1]
-    state["patch_embed.proj.weight"] = resize_patch_kernel(state["patch_embed.proj.weight"], target_patch)
-    state["pos_embed"] = resample_abs_pos_embed(
-        state["pos_embed"].float(), new_size=list(vit.patch_embed.grid_size), num_prefix_tokens=vit.num_prefix_tokens
-    )
+    state["patch_embed.proj.weight"] = resize_kernel(state["patch_embed.proj.weight"], target_patch)
+    state["pos_embed"] = resample_pos_embed(state["pos_embed"], vit)
     return state
 
 

@@ -3,13 +3,16 @@
 Every file is read with `weights_only=True`, a sharded checkpoint directory by
 dp_train.runtime.sharded's restricted readers (no pickled code runs), and loaded strictly
 by default; a file that does not fit raises one ValueError naming the file and the
-first missing, unexpected and mis-shaped tensors.
+first missing, unexpected and mis-shaped tensors. Weights trained at another ViT size (network input) load with
+the ViTs' position embeddings (and the FOV head's last kernel) resampled to the network's token grid
+(dp_train.model.resample; one line says so).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,9 @@ import torch
 from torch import nn
 
 from dp_train.model.config import DepthProConfig, network_shape
+from dp_train.model.resample import fit_to_grid
+
+log = logging.getLogger(__name__)
 
 LIGHTNING_PREFIX = "net."
 """Attribute under which the LightningModules keep the network (prefix of .ckpt keys)."""
@@ -135,10 +141,24 @@ def check_state_dict_fits(model: nn.Module, state: dict[str, torch.Tensor], sour
         raise ValueError(f"{source} does not fit the model: " + "; ".join(problems))
 
 
+def fit_state_dict(
+    model: nn.Module, state: dict[str, torch.Tensor], source: str, strict: bool = True
+) -> dict[str, torch.Tensor]:
+    """`state` made to load into `model`: weights trained at another ViT size (the only mismatches the ViTs'
+    position embeddings and the FOV head's last kernel) get those resampled to `model`'s grid
+    (dp_train.model.resample), said in one line on stderr; any other mismatch raises `check_state_dict_fits`' one
+    ValueError naming `source`."""
+    state, note = fit_to_grid(model, state)
+    check_state_dict_fits(model, state, source, strict=strict)
+    if note:
+        log.warning("%s: %s", source, note)
+    return state
+
+
 def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> None:
-    """Load network weights from `path` into `model` (any supported format), strict by default."""
-    state = read_state_dict(path)
-    check_state_dict_fits(model, state, str(path), strict=strict)
+    """Load network weights from `path` into `model` (any supported format), strict by default; weights trained at
+    another ViT size load with their position embeddings resampled (`fit_state_dict`)."""
+    state = fit_state_dict(model, read_state_dict(path), str(path), strict=strict)
     model.load_state_dict(state, strict=strict)
 
 

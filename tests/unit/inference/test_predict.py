@@ -202,7 +202,7 @@ def test_missing_input_exit_2(workspace: dict[str, Path], tmp_path: Path, capsys
 
 def test_wrong_weights_exit_2(workspace: dict[str, Path], tmp_path: Path, capsys) -> None:
     argv = ["predict", "--weights", str(workspace["weights"]), "--input", str(workspace["images"])]
-    assert main([*argv, "--output", str(tmp_path), "--preset", "tiny", "--device", "cpu"]) == 2  # 384 px preset
+    assert main([*argv, "--output", str(tmp_path), "--preset", "small", "--device", "cpu"]) == 2  # other widths
     err = capsys.readouterr().err
     assert err.startswith("error: ") and str(workspace["weights"]) in err and len(err.strip().splitlines()) == 1
 
