@@ -149,13 +149,11 @@ def run_recipe(run: Path, condition: Path, scenes: dict[str, Path], seed: int, s
     return path
 
 
-def fit(run: Path, condition: Path, last: Path) -> dict[str, float]:
-    """`python -m dp_train fit` with base, condition and run recipes (output in the run's fit.log); the final
-    validation metrics. The child is killed when this tool is interrupted or terminated."""
+def dp_train(args: list[str], log: Path, name: str) -> None:
+    """`python -m dp_train ARGS` of this checkout, its output in `log`; a RuntimeError naming `name`, the log and
+    its last line when it fails. The child is killed when this tool is interrupted or terminated."""
     env = os.environ | {"PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
-    command = [sys.executable, "-m", "dp_train", "fit", "--recipe", str(RECIPES / "base.yaml"),
-               "--recipe", str(condition), "--recipe", str(last)]
-    log = run / "fit.log"
+    command = [sys.executable, "-m", "dp_train", *args]
     with open(log, "w") as out, subprocess.Popen(command, env=env, cwd=REPO, stdout=out, stderr=out) as child:
         try:
             code = child.wait()
@@ -164,7 +162,15 @@ def fit(run: Path, condition: Path, last: Path) -> dict[str, float]:
             raise
     if code != 0:
         lines = log.read_text().strip().splitlines() or ["(no output)"]
-        raise RuntimeError(f"{run.name}: fit failed ({log}): {lines[-1]}")
+        raise RuntimeError(f"{name}: {args[0]} failed ({log}): {lines[-1]}")
+
+
+def fit(run: Path, condition: Path, last: Path) -> dict[str, float]:
+    """`python -m dp_train fit` with base, condition and run recipes (output in the run's fit.log); the final
+    validation metrics."""
+    log = run / "fit.log"
+    dp_train(["fit", "--recipe", str(RECIPES / "base.yaml"), "--recipe", str(condition), "--recipe", str(last)],
+             log, run.name)
     metrics = validation_metrics(sorted(run.glob("csv/version_*/metrics.csv"))[-1])
     if not metrics:
         raise RuntimeError(f"{run.name}: no validation metrics in its metrics.csv ({log})")
