@@ -59,18 +59,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=3, help="runs per condition, seeds 0 .. N-1 (default 3)")
     p.add_argument("--steps", type=int, default=100, help="optimizer steps of every depth run (default 100)")
     p.add_argument("--fov-steps", type=int, default=50, help="steps of every FOV-stage run (default 50)")
-    p.add_argument("--train", type=int, default=48, help="training scenes per look (default 48)")
-    p.add_argument("--val", type=int, default=12, help="held-out scenes per look (default 12)")
-    p.add_argument("--size", type=int, default=256, help="scene side in pixels (default 256; the input is 512)")
     p.add_argument("--init", type=Path, default=REPO / "weights" / "toy_start.safetensors",
                    help="start of every depth run (default weights/toy_start.safetensors)")
-    p.add_argument("--work-dir", type=Path, default=REPO / "runs" / "ablate",
-                   help="scenes (reused) and one folder of runs per invocation (default runs/ablate)")
-    p.add_argument("--json", action="store_true", help="print one JSON line instead of the Markdown table")
+    add_scene_options(p, 48, 12, "ablate", " per look")
     p.add_argument("--from-runs", type=Path, default=None, metavar="RUNS",
                    help="train nothing: the table of a runs folder's results.jsonl (e.g. of an interrupted "
                         "invocation), over the seeds whose every run finished")
     return p.parse_args(argv)
+
+
+def add_scene_options(p: argparse.ArgumentParser, train: int, val: int, work_dir: str, per: str = "") -> None:
+    """The options a toy-scale tool shares: how many scenes of which size, where they and the runs go, the output."""
+    p.add_argument("--train", type=int, default=train, help=f"training scenes{per} (default {train})")
+    p.add_argument("--val", type=int, default=val, help=f"held-out scenes{per} (default {val})")
+    p.add_argument("--size", type=int, default=256, help="scene side in pixels (default 256; the input is 512)")
+    p.add_argument("--work-dir", type=Path, default=REPO / "runs" / work_dir,
+                   help=f"scenes (reused) and one folder of runs per invocation (default runs/{work_dir})")
+    p.add_argument("--json", action="store_true", help="print one JSON line instead of the Markdown table")
 
 
 def check_args(args: argparse.Namespace) -> str | None:
@@ -90,11 +95,12 @@ def check_args(args: argparse.Namespace) -> str | None:
     return None
 
 
-def make_scenes(args: argparse.Namespace) -> dict[str, Path]:
-    """Training and held-out scenes of both looks, rendered once into the work dir (index files)."""
+def make_scenes(args: argparse.Namespace, seeds: dict[str, int] = SCENE_SEEDS) -> dict[str, Path]:
+    """Training and held-out scenes of both looks, rendered once into the work dir (index files): one set per
+    entry of `seeds` (`<look>_train` / `<look>_val` -> first seed)."""
     root = args.work_dir / "scenes" / f"{args.size}px-{args.train}-{args.val}"
     scenes = {}
-    for name, first in SCENE_SEEDS.items():
+    for name, first in seeds.items():
         index = root / name / f"{name}.index.json"
         if not index.is_file():
             count = args.train if name.endswith("train") else args.val

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import yaml
 
+import ablate
 from ablate import REPO, dp_train
 from dp_train.convert.make_shards import main as make_shards
 from dp_train.data.health import SourceHealth
@@ -43,12 +44,11 @@ from dp_train.data.sources import raw_records
 from dp_train.model import build_depth_pro
 from dp_train.model.weights import config_for, read_weights
 from dp_train.shards import shard_urls
-from dp_train.synth import write_synthetic_shards
 
 RECIPE = REPO / "recipes" / "distill_toy.yaml"
-SCENE_SEEDS = {"train": 7_000_000, "val": 7_900_000}
-"""First scene seed of the training and the held-out scenes."""
-STUDENTS = {"distilled": "images", "ground truth": "train"}
+SCENE_SEEDS = {"synth_train": 7_000_000, "synth_val": 7_900_000}
+"""First scene seed of the training and the held-out scenes (the synthetic look)."""
+STUDENTS = {"distilled": "images", "ground truth": "synth_train"}
 """Student run -> the scene set it trains on (image-only, or with depth); the distilled one has the teacher."""
 
 
@@ -56,15 +56,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=200, help="optimizer steps of each student (default 200)")
-    p.add_argument("--train", type=int, default=200, help="training scenes (default 200)")
-    p.add_argument("--val", type=int, default=32, help="held-out scenes (default 32)")
-    p.add_argument("--size", type=int, default=256, help="scene side in pixels (default 256; the input is 512)")
     p.add_argument("--seed", type=int, default=0, help="seed of both students (data order, init, augmentation)")
     p.add_argument("--teacher", type=Path, default=REPO / "weights" / "toy_start.safetensors",
                    help="the teacher's weights (default weights/toy_start.safetensors)")
-    p.add_argument("--work-dir", type=Path, default=REPO / "runs" / "distill_toy",
-                   help="scenes (reused) and one folder of runs per invocation (default runs/distill_toy)")
-    p.add_argument("--json", action="store_true", help="print one JSON line instead of the Markdown table")
+    ablate.add_scene_options(p, 200, 32, "distill_toy")
     return p.parse_args(argv)
 
 
@@ -84,16 +79,10 @@ def make_scenes(args: argparse.Namespace) -> dict[str, Path]:
     """Training and held-out scenes (index files), rendered once into the work dir, and the training scenes once
     more as an image-only set, written by `make_shards --image-only` from their image files."""
     root = args.work_dir / "scenes" / f"{args.size}px-{args.train}-{args.val}"
-    scenes = {}
-    for name, first in SCENE_SEEDS.items():
-        index = root / name / f"{name}.index.json"
-        if not index.is_file():
-            write_synthetic_shards(index.parent, name, args.train if name == "train" else args.val,
-                                   (args.size, args.size), first, progress=False)
-        scenes[name] = index
+    scenes = ablate.make_scenes(args, SCENE_SEEDS)
     scenes["images"] = root / "images" / "images.index.json"
     if not scenes["images"].is_file():
-        folder = image_files(scenes["train"], root / "image_files")
+        folder = image_files(scenes["synth_train"], root / "image_files")
         with open(root / "make_shards.log", "w") as log, contextlib.redirect_stdout(log):
             code = make_shards(["--images", str(folder), "--image-only", "--dataset", "images",
                                 "--out", str(scenes["images"].parent), "--workers", "1"])
@@ -135,7 +124,7 @@ def evaluate(run: Path, weights: list[str], held_out: Path) -> dict[str, dict[st
     """`python -m dp_train test` of `weights` (`--ckpt_path FILE` or `--weights FILE`) on the held-out scenes;
     per-image AbsRel and delta1 by image key, from the evaluation report's per_image.csv."""
     report = run / "report"
-    config = {"trainer": {"logger": False, "callbacks": [
+    config = {"trainer": {"logger": False, "default_root_dir": str(run), "callbacks": [
         {"class_path": "dp_train.evaluation.report.EvaluationReport",
          "init_args": {"out_dir": str(report), "worst_cases": 0}}]},
         "data": {"train_sources": [], "test_sources": [{"name": "held_out", "urls": str(held_out)}],
@@ -197,11 +186,11 @@ def run_all(args: argparse.Namespace, scenes: dict[str, Path]) -> dict[str, dict
         exported = run / "student.safetensors"
         dp_train(["export", "--ckpt", str(run / "checkpoints" / "last.ckpt"), "--out", str(exported)],
                  run / "export.log", run.name)
-        images = evaluate(run, ["--ckpt_path", str(run / "checkpoints" / "last.ckpt")], scenes["val"])
+        images = evaluate(run, ["--ckpt_path", str(run / "checkpoints" / "last.ckpt")], scenes["synth_val"])
         rows[f"student, {name}"] = {"images": images, "weights": exported, "fit_s": fit_s}
     teacher_run = runs / "teacher"
     teacher_run.mkdir()
-    rows["teacher"] = {"images": evaluate(teacher_run, ["--weights", str(args.teacher)], scenes["val"]),
+    rows["teacher"] = {"images": evaluate(teacher_run, ["--weights", str(args.teacher)], scenes["synth_val"]),
                        "weights": args.teacher, "fit_s": None}
     return {name: rows[name] for name in ("teacher", *(f"student, {s}" for s in STUDENTS))}
 

@@ -15,13 +15,14 @@ from PIL import Image
 from dp_train.cli.main import main
 from dp_train.convert.make_shards import main as make_shards
 from dp_train.data.samples import use_problem
-from dp_train.model import load_weights, save_weights
+from dp_train.model import DepthProConfig, build_depth_pro, load_weights, save_weights
 from dp_train.model.weights import save_state_dict
 from dp_train.shards import Sample, SampleMeta
 from dp_train.synth import write_synthetic_shards
-from dp_train.train.distill import resized
+from dp_train.train.distill import load_teacher, resized
 from dp_train.train.module import DepthProModule, build_network
 from tests.helpers.kill_and_resume import assert_same_states
+from tests.helpers.paths import REPO
 
 NETWORK = {"vit_img_size": 128, "decoder_features": 16, "encoder_feature_dims": [8, 16, 32, 32]}
 STUDENT = NETWORK | {"embed_dim": 32, "depth": 2, "hook_blocks": [0, 1], "fov_head": False}
@@ -119,7 +120,22 @@ def test_a_bad_teacher_is_one_error_line_naming_model_teacher(tmp_path, capsys, 
         "data": {"image_size": 512, "train_sources": [{"name": "s", "urls": "s-000.tar"}], "num_workers": 0}}))
     assert main(["fit", "--recipe", str(recipe)]) == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith(("error:", "Traceback"))]
-    assert len(errors) == 1 and errors[0].startswith(f"error: model.teacher: ") and str(path) in errors[0], errors
+    assert len(errors) == 1 and errors[0].startswith("error: model.teacher: ") and str(path) in errors[0], errors
+
+
+@pytest.mark.parametrize("recipe", ["distill.yaml", "distill_toy.yaml"])
+def test_the_distillation_recipes_are_complete_jobs_with_a_smaller_student(capsys, recipe):
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--recipe", str(REPO / "recipes" / recipe), "--print_config"])
+    assert exit_.value.code in (0, None)
+    model = yaml.safe_load(capsys.readouterr().out)["model"]
+    student = DepthProConfig.preset(model["preset"], **model["network"])
+    if recipe == "distill.yaml":  # Apple's file records no shape: it is depth_pro_l
+        assert model["teacher"] == "weights/depth_pro.pt" and student.embed_dim < DepthProConfig().embed_dim
+    else:
+        teacher = load_teacher(REPO / model["teacher"], "depth")
+        size = sum(p.numel() for p in build_depth_pro(student).parameters())
+        assert size < sum(p.numel() for p in teacher.parameters()) / 5 and teacher.img_size == student.img_size
 
 
 def image_only_shards(root: Path) -> Path:
