@@ -86,6 +86,22 @@ def test_a_student_that_is_its_teacher_gets_a_zero_term_and_keeps_its_own_object
         assert (own["loss"] > 0) == with_depth
 
 
+def test_in_fov_mode_the_teacher_term_matches_the_fov_and_moves_the_fov_head_only(tmp_path):
+    """A sample without a focal length: the teacher's FOV is its only target (L2 on the angle, `fov_loss`)."""
+    start = weights_file(tmp_path / "start.safetensors", seed=6)
+    other = weights_file(tmp_path / "other.safetensors", seed=7)
+    module = DepthProModule(preset="tiny", network=NETWORK, init_from=str(start), mode="fov", teacher=str(other))
+    module.train()
+    terms, _ = module.objective(batch(size=1))
+    with torch.no_grad():
+        _, student_fov = module.net(batch(size=1)["image"])
+    _, teacher_fov = module.teacher.targets(batch(size=1)["image"])
+    assert terms["teacher"].item() == pytest.approx(torch.deg2rad(student_fov - teacher_fov).square().item(), rel=1e-4)
+    terms["loss"].backward()
+    moved = {name for name, p in module.net.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert moved and all(name.startswith("fov.") for name in moved)
+
+
 def test_images_are_resized_for_a_teacher_of_another_size_without_changing_the_values():
     """Canonical inverse depth f / (W D) does not change with a square image's size: a map is resized, never
     rescaled (a constant map stays the same constant both ways)."""
