@@ -59,18 +59,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=3, help="runs per condition, seeds 0 .. N-1 (default 3)")
     p.add_argument("--steps", type=int, default=100, help="optimizer steps of every depth run (default 100)")
     p.add_argument("--fov-steps", type=int, default=50, help="steps of every FOV-stage run (default 50)")
-    p.add_argument("--train", type=int, default=48, help="training scenes per look (default 48)")
-    p.add_argument("--val", type=int, default=12, help="held-out scenes per look (default 12)")
-    p.add_argument("--size", type=int, default=256, help="scene side in pixels (default 256; the input is 512)")
     p.add_argument("--init", type=Path, default=REPO / "weights" / "toy_start.safetensors",
                    help="start of every depth run (default weights/toy_start.safetensors)")
-    p.add_argument("--work-dir", type=Path, default=REPO / "runs" / "ablate",
-                   help="scenes (reused) and one folder of runs per invocation (default runs/ablate)")
-    p.add_argument("--json", action="store_true", help="print one JSON line instead of the Markdown table")
+    add_scene_options(p, 48, 12, "ablate", " per look")
     p.add_argument("--from-runs", type=Path, default=None, metavar="RUNS",
                    help="train nothing: the table of a runs folder's results.jsonl (e.g. of an interrupted "
                         "invocation), over the seeds whose every run finished")
     return p.parse_args(argv)
+
+
+def add_scene_options(p: argparse.ArgumentParser, train: int, val: int, work_dir: str, per: str = "") -> None:
+    """The options a toy-scale tool shares: how many scenes of which size, where they and the runs go, the output."""
+    p.add_argument("--train", type=int, default=train, help=f"training scenes{per} (default {train})")
+    p.add_argument("--val", type=int, default=val, help=f"held-out scenes{per} (default {val})")
+    p.add_argument("--size", type=int, default=256, help="scene side in pixels (default 256; the input is 512)")
+    p.add_argument("--work-dir", type=Path, default=REPO / "runs" / work_dir,
+                   help=f"scenes (reused) and one folder of runs per invocation (default runs/{work_dir})")
+    p.add_argument("--json", action="store_true", help="print one JSON line instead of the Markdown table")
 
 
 def check_args(args: argparse.Namespace) -> str | None:
@@ -90,11 +95,12 @@ def check_args(args: argparse.Namespace) -> str | None:
     return None
 
 
-def make_scenes(args: argparse.Namespace) -> dict[str, Path]:
-    """Training and held-out scenes of both looks, rendered once into the work dir (index files)."""
+def make_scenes(args: argparse.Namespace, seeds: dict[str, int] = SCENE_SEEDS) -> dict[str, Path]:
+    """Training and held-out scenes of both looks, rendered once into the work dir (index files): one set per
+    entry of `seeds` (`<look>_train` / `<look>_val` -> first seed)."""
     root = args.work_dir / "scenes" / f"{args.size}px-{args.train}-{args.val}"
     scenes = {}
-    for name, first in SCENE_SEEDS.items():
+    for name, first in seeds.items():
         index = root / name / f"{name}.index.json"
         if not index.is_file():
             count = args.train if name.endswith("train") else args.val
@@ -149,18 +155,11 @@ def run_recipe(run: Path, condition: Path, scenes: dict[str, Path], seed: int, s
     return path
 
 
-def fit(run: Path, condition: Path, last: Path) -> dict[str, float]:
-    """`python -m dp_train fit` with base, condition and run recipes (output in the run's fit.log); the final
-    validation metrics."""
-    return run_dp_train(run, "fit", [RECIPES / "base.yaml", condition, last])
-
-
-def run_dp_train(run: Path, subcommand: str, recipes: list[Path]) -> dict[str, float]:
-    """`python -m dp_train <subcommand>` (fit or validate) with `recipes` (output in the run's <subcommand>.log);
-    the final validation metrics. The child is killed when this tool is interrupted or terminated."""
+def dp_train(args: list[str], log: Path, name: str) -> None:
+    """`python -m dp_train ARGS` of this checkout, its output in `log`; a RuntimeError naming `name`, the log and
+    its last line when it fails. The child is killed when this tool is interrupted or terminated."""
     env = os.environ | {"PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
-    command = [sys.executable, "-m", "dp_train", subcommand, *(arg for r in recipes for arg in ("--recipe", str(r)))]
-    log = run / f"{subcommand}.log"
+    command = [sys.executable, "-m", "dp_train", *args]
     with open(log, "w") as out, subprocess.Popen(command, env=env, cwd=REPO, stdout=out, stderr=out) as child:
         try:
             code = child.wait()
@@ -169,7 +168,20 @@ def run_dp_train(run: Path, subcommand: str, recipes: list[Path]) -> dict[str, f
             raise
     if code != 0:
         lines = log.read_text().strip().splitlines() or ["(no output)"]
-        raise RuntimeError(f"{run.name}: {subcommand} failed ({log}): {lines[-1]}")
+        raise RuntimeError(f"{name}: {args[0]} failed ({log}): {lines[-1]}")
+
+
+def fit(run: Path, condition: Path, last: Path) -> dict[str, float]:
+    """`python -m dp_train fit` with base, condition and run recipes (output in the run's fit.log); the final
+    validation metrics."""
+    return run_dp_train(run, "fit", [RECIPES / "base.yaml", condition, last])
+
+
+def run_dp_train(run: Path, subcommand: str, recipes: list[Path]) -> dict[str, float]:
+    """`python -m dp_train <subcommand>` (fit or validate) with `recipes` (output in the run's <subcommand>.log);
+    the final validation metrics."""
+    log = run / f"{subcommand}.log"
+    dp_train([subcommand, *(arg for r in recipes for arg in ("--recipe", str(r)))], log, run.name)
     metrics = validation_metrics(sorted(run.glob("csv/version_*/metrics.csv"))[-1])
     if not metrics:
         raise RuntimeError(f"{run.name}: no validation metrics in its metrics.csv ({log})")

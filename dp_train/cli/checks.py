@@ -25,7 +25,7 @@ def check_recipe(subcommand: str | None, model: Any, datamodule: Any, trainer: A
     refuse_beside_fsdp(trainer.strategy, trainer.callbacks)
     if subcommand == "fit":
         check_checkpoint_dirs(trainer)
-        check_source_use("data.train_sources", datamodule.train_sources, getattr(model, "mode", "depth"))
+        check_source_use("data.train_sources", datamodule.train_sources, getattr(model, "training_use", "depth"))
         for callback in trainer.callbacks:
             if isinstance(callback, CurriculumCallback):
                 callback.check_mixtures(datamodule.source_names("train"))

@@ -128,8 +128,11 @@ class DepthProCLI(LightningCLI):
             raise RecipeError(short_reason(str(message))) from None
 
     def before_instantiate_classes(self) -> None:
-        """`--weights` fills `model.init_from` (evaluating released weights reads like evaluating a checkpoint)."""
+        """`--weights` fills `model.init_from` (evaluating released weights reads like evaluating a checkpoint);
+        `validate` and `test` score the network alone, so a recipe's `model.teacher` is not loaded for them."""
         config = self.config[self.subcommand]
+        if self.subcommand in ("validate", "test"):
+            config.model.teacher = None
         if config.weights:
             config.model.init_from = config.weights
             if self.subcommand in ("validate", "test"):

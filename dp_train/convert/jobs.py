@@ -47,6 +47,8 @@ class Options:
     png_scale: float | None
     depth_format: str
     image_format: str
+    image_only: bool = False
+    """Without depth: keep photos whose focal length is unknown (f_px null), for distillation (`model.teacher`)."""
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,8 @@ def _convert(job: Job, opts: Options) -> tuple[dict[str, bytes | str], SampleSta
 
 
 def _convert_photo(job: Job, opts: Options) -> tuple[dict[str, bytes | str], SampleStats]:
-    """A photo of a focal-only set: the image, its focal length and an all-invalid depth map."""
+    """A photo of a focal-only set: the image, its focal length and an all-invalid depth map (an image-only set
+    keeps a photo without a focal length, f_px null)."""
     image = read_or_skip(job.image, read_image)
     h, w = image.shape[:2]
     f_px = job.f_px
@@ -158,7 +161,8 @@ def _convert_photo(job: Job, opts: Options) -> tuple[dict[str, bytes | str], Sam
         try:
             f_px = focal_px_from_exif(job.image)
         except NoFocal as err:
-            raise SkipSample(str(err)) from None
+            if not opts.image_only:
+                raise SkipSample(str(err)) from None
     meta = SampleMeta(opts.dataset, f_px, False, opts.synthetic, opts.sparse, depth_kind="none")
     sample = make_sample(job.key, image, np.zeros((h, w), np.float32), meta)
     raw = encode_sample(sample, opts.depth_format, opts.image_format)

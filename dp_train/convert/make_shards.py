@@ -4,7 +4,8 @@ Input: a folder of images and a folder of depth maps matched by file stem (flat,
 recursive), optionally a folder of validity masks (nonzero = valid) and focal lengths.
 Without `--depth`, a focal-only photo set (the FOV stage's, Sec. 3.3 of the paper): every
 sample is a photo with its focal length (from --f-px / --focal-file, else the photo's EXIF,
-see dp_train/utils/exif.py) and an all-invalid depth map; photos without one are skipped.
+see dp_train/utils/exif.py) and an all-invalid depth map; photos without one are skipped, unless
+`--image-only` (an image-only set for distillation, `model.teacher`: kept with f_px null).
 Depth maps may be .npy, 16-bit .png (value * --png-scale), .pfm or .exr (needs the
 optional OpenEXR package). Every sample is validated; bad ones are skipped and listed
 in `{prefix}.skipped.txt`; a summary goes to stdout and `{prefix}.report.json`.
@@ -58,6 +59,8 @@ def _prepare(args: argparse.Namespace) -> tuple[Options, list[Job], list[tuple[s
     if depth_dir is None and (args.units, args.mask_dir, args.png_scale) != (None, None, None):
         raise ConvertError("--units, --mask-dir and --png-scale describe depth maps: a photo set (no --depth) "
                            "has none")
+    if depth_dir is not None and args.image_only:
+        raise ConvertError("--image-only writes a set without depth: drop --depth, or --image-only")
     if args.units is not None and UNITS[args.units][0] and args.f_px is None and args.focal_file is None:
         raise ConvertError(f"--units {args.units} is metric depth, which training uses only with a focal length: "
                            "give --f-px or --focal-file")
@@ -84,7 +87,7 @@ def _prepare(args: argparse.Namespace) -> tuple[Options, list[Job], list[tuple[s
         except ImportError as e:
             raise ConvertError(str(e)) from None
     opts = Options(args.dataset, args.units, args.synthetic, args.sparse, args.png_scale,
-                   args.depth_format, args.image_format)
+                   args.depth_format, args.image_format, args.image_only)
     return opts, jobs, skipped
 
 
@@ -135,6 +138,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--png-scale", type=float, metavar="S",
                    help="16-bit PNG depth: depth (in --units) = PNG value * S")
     p.add_argument("--mask-dir", metavar="DIR", help="optional validity masks by stem (nonzero = valid)")
+    p.add_argument("--image-only", action="store_true",
+                   help="without --depth: keep photos without a focal length (f_px null) instead of skipping them: "
+                        "an image-only set that a teacher labels (model.teacher, docs/distillation.md)")
     p.add_argument("--synthetic", action="store_true", help="rendered data (exact depth)")
     p.add_argument("--sparse", action="store_true", help="LiDAR-like depth: most pixels invalid")
     p.add_argument("--samples-per-shard", type=int, default=1000, metavar="N")

@@ -149,8 +149,9 @@ class DepthDataModule(L.LightningDataModule):
             self.test_stream.native_truth = True
 
     def _training_use(self) -> str:
-        """What the training samples feed: the trainer's module's `mode` ("depth" or "fov"; "depth" alone)."""
-        return getattr(getattr(self.trainer, "lightning_module", None), "mode", "depth")
+        """What the training samples feed: the trainer's module's `training_use` ("depth", "fov" or "distill";
+        "depth" alone)."""
+        return getattr(getattr(self.trainer, "lightning_module", None), "training_use", "depth")
 
     def _loader(self, stream: TrainStream | ValStream, position_fn: Callable[[], tuple[int, int]] | None = None,
                 on_start: Callable[[], None] | None = None) -> EpochLoader:

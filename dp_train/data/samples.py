@@ -42,8 +42,9 @@ def decode_record(record: dict, source: SourceConfig, health: SourceHealth, use:
     return sample
 
 
-USES = ("depth", "fov", "eval")
-"""What a stream's samples feed: the depth objective, the FOV objective (the module's `mode`), or evaluation."""
+USES = ("depth", "fov", "distill", "eval")
+"""What a stream's samples feed: the depth objective, the FOV objective (the module's `mode`), either with a teacher
+network ("distill": the teacher labels samples without depth or focal length), or evaluation."""
 
 
 def apply_flags(sample: Sample, source: SourceConfig, use: str = "depth") -> Sample:
@@ -52,7 +53,7 @@ def apply_flags(sample: Sample, source: SourceConfig, use: str = "depth") -> Sam
     Every depth sample needs a stored valid pixel and metric ones a focal length (the health check). A
     sample written without depth (`depth_kind` "none": a focal-only photo, a matte) is never refused for
     having no depth pixel, but depth training refuses it, and FOV training any sample without a focal
-    length. Training also refuses a depth sample whose pixels all fall outside the depth range (nothing
+    length (training with a teacher, "distill", refuses neither). Training also refuses a depth sample whose pixels all fall outside the depth range (nothing
     to learn from); evaluation keeps it, and counts it as an image with nothing to score.
     """
     sample = with_source_flags(sample, source)

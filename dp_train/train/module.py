@@ -17,11 +17,12 @@ from dp_train.runtime.per_rank import gather_per_rank, own_entry, rng_state, set
 from dp_train.train.optim import adamw_per_step, freeze_for_mode, freeze_vit_layernorms, parameter_groups
 from dp_train.train.step_logs import TrainingLogs
 from dp_train.train.curriculum import lr_restarts
+from dp_train.train.distill import Teacher
 from dp_train.train.schedules import build_schedule, drop_legacy_state
 
 MODEL_RANGES: dict[str, Range] = {
     "trim_fraction": Range(0, 1, high_open=True), "derivative_scales": Range(1), "lr_encoder": POSITIVE,
-    "lr_decoder": POSITIVE, "weight_decay": Range(0), "min_lr_ratio": Range(0, 1),
+    "lr_decoder": POSITIVE, "weight_decay": Range(0), "min_lr_ratio": Range(0, 1), "teacher_weight": Range(0),
 }
 """Range of each numeric `model` value (a negative LR drives the loss to inf; trimming every pixel leaves none)."""
 
@@ -77,6 +78,10 @@ class DepthProModule(L.LightningModule):
         channels_last: keep convolution weights NHWC (6 % faster steps on an H200, same memory).
         boundary_metrics: compute the boundary F1 / recall metrics during validation.
         log_images_every_n_val_steps: log an RGB | GT | prediction | error panel every N validation batches (0: never).
+        teacher: weights of a frozen teacher network (ours; `.safetensors`, `.ckpt` or `depth_pro.pt`, built in the
+            shape the file records): every training image gets a term matching the teacher's outputs, so image-only
+            shards train too (dp_train/train/distill.py; never in the optimizer or the checkpoint).
+        teacher_weight: weight of the teacher term next to the ground-truth objective.
     """
 
     def __init__(
@@ -103,6 +108,8 @@ class DepthProModule(L.LightningModule):
         channels_last: bool = False,
         boundary_metrics: bool = True,
         log_images_every_n_val_steps: int = 20,
+        teacher: str | None = None,
+        teacher_weight: float = 1.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -117,6 +124,7 @@ class DepthProModule(L.LightningModule):
         freeze_for_mode(self.net, mode)
         if freeze_vit_norms:
             freeze_vit_layernorms(self.net)
+        self.teacher = Teacher(teacher, mode, teacher_weight, derivative_scales, fov_loss) if teacher else None
         self.eval_metrics = nn.ModuleDict()
         self._step_logs = TrainingLogs()
         self._resumed_rng: dict[str, Any] | None = None
@@ -177,18 +185,30 @@ class DepthProModule(L.LightningModule):
         """Canonical inverse depth and FOV (degrees) for a normalised batch."""
         return self.net(image)
 
+    @property
+    def training_use(self) -> str:
+        """What the training samples feed (dp_train/data/samples.py): the mode, or "distill" with a teacher, which
+        labels the samples that have no depth or focal length."""
+        return self.mode if self.teacher is None else "distill"
+
     def objective(self, batch: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Loss terms and per-image loss for the current mode (depth and FOV objectives stay separate)."""
+        """Loss terms and per-image loss for the current mode (depth and FOV objectives stay separate), plus the
+        teacher's term with a `teacher`."""
         if self.mode == "fov":  # the frozen depth network records no autograd graph; its features reach
-            _, fov = self.net(batch["image"])  # the FOV head detached (through forward: FSDP needs the root call)
+            pred, fov = self.net(batch["image"])  # the FOV head detached (through forward: FSDP needs the root call)
             with float32(fov):
-                return fov_objective(fov.float(), batch["f_px"], batch["image"].shape[-1], self.hparams.fov_loss)
-        pred, _ = self.net(batch["image"], with_fov=False)
-        with float32(pred):
-            return depth_objective(
-                pred.float(), batch["target"], batch["valid"], batch["metric"], batch["synthetic"], batch["sparse"],
-                self.loss_weights, self.hparams.trim_fraction, self.hparams.derivative_scales,
-            )
+                terms, per_image = fov_objective(fov.float(), batch["f_px"], batch["image"].shape[-1],
+                                                 self.hparams.fov_loss)
+        else:
+            pred, fov = self.net(batch["image"], with_fov=False)
+            with float32(pred):
+                terms, per_image = depth_objective(
+                    pred.float(), batch["target"], batch["valid"], batch["metric"], batch["synthetic"],
+                    batch["sparse"], self.loss_weights, self.hparams.trim_fraction, self.hparams.derivative_scales,
+                )
+        if self.teacher is None:
+            return terms, per_image
+        return self.teacher.add_term(terms, per_image, batch["image"], pred, fov)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         """One optimisation step's loss, with per-term, per-source, data-health and throughput logs."""

@@ -259,6 +259,24 @@ def test_a_photo_folder_without_depth_becomes_a_focal_only_set(tmp_path, capsys)
     assert (out / "photos.skipped.txt").read_text().startswith("scan\tno usable EXIF focal length")
 
 
+def test_an_image_only_set_keeps_photos_without_a_focal_length(tmp_path, capsys):
+    """`--image-only` (distillation's data, docs/distillation.md): every photo, its focal length when known, no
+    depth; beside --depth it is one error line."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    _photo(photos / "phone.jpg", {FOCAL_35MM: 28})
+    _photo(photos / "scan.jpg", {})
+    out = tmp_path / "out"
+    assert main(["--images", str(photos), "--image-only", "--out", str(out), "--dataset", "io", "--workers", "1"]) == 0
+    samples = _load(out / "io.index.json")
+    assert sorted(samples) == ["phone", "scan"] and samples["scan"].meta.f_px is None
+    assert samples["phone"].meta.f_px == pytest.approx(28 * 50 / np.hypot(36, 24))
+    assert all(not s.meta.has_depth and not s.valid.any() and not s.meta.metric for s in samples.values())
+    assert main(["--images", str(photos), "--depth", str(photos), "--units", "m", "--f-px", "100", "--image-only",
+                 "--out", str(tmp_path / "o2"), "--dataset", "io"]) == 2
+    assert capsys.readouterr().err.startswith("error: --image-only writes a set without depth")
+
+
 def test_depth_options_without_depth_are_one_error_line(tmp_path, capsys):
     photos = tmp_path / "photos"
     photos.mkdir()
