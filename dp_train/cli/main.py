@@ -42,7 +42,7 @@ LIGHTNING_COMMANDS: dict[str, str] = {
     "test": "evaluate a checkpoint on a recipe's evaluation sets (--ckpt_path)",
 }
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "predict": ("dp_train.inference.predict", "metric depth and focal length for images with trained weights"),
+    "predict": ("dp_train.inference.predict", "metric depth and focal length for images and videos with trained weights"),
     "export": ("dp_train.inference.export", "write a training checkpoint's network as Apple-layout .pt or .safetensors"),
     "make_shards": ("dp_train.convert.make_shards", "your folder of images + depth maps (or photos) -> shards"),
     "convert": ("dp_train.convert.public", "a public benchmark as downloaded (FORMAT: middlebury, ...) -> shards"),

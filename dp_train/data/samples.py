@@ -7,7 +7,7 @@ import dataclasses
 from collections.abc import Iterator
 
 from dp_train.data.health import DataError, SourceHealth
-from dp_train.data.sources import DEFAULT_READ_TIMEOUT, SourceConfig, raw_records
+from dp_train.data.sources import DEFAULT_READ_TIMEOUT, SourceConfig, clip_and_frame, raw_records
 from dp_train.shards import Sample, decode_sample
 
 METRIC_DEPTH_LIMITS = (1e-3, 1e5)
@@ -58,6 +58,8 @@ def apply_flags(sample: Sample, source: SourceConfig, use: str = "depth") -> Sam
     """
     sample = with_source_flags(sample, source)
     refusal = use_problem(sample, use)
+    if source.sequence and clip_and_frame(sample.key) is None:
+        refusal = "a key without a frame number at its end, in a sequence source (keys are <clip>_<frame>)"
     if refusal:
         raise ValueError(f"{sample.key}: {refusal}")
     if not sample.meta.has_depth:

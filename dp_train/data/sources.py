@@ -3,6 +3,7 @@ timeout, lost or cut-short shards counted as the bad records they held, duplicat
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,11 @@ class SourceConfig:
     """[min, max] metres: ground-truth depths outside are invalid (not trained on, not evaluated), e.g. the
     per-benchmark evaluation ranges of the paper's Tab. 18 in recipes/eval.yaml. Bounds are inclusive (the
     paper does not say); applies to metric samples only (relative depth has no metres)."""
+    sequence: bool = False
+    """The samples are frames of clips, keyed `<clip><_ or - or /><frame number>` (`alley_1_0007`,
+    `scene/000012`; `clip_and_frame`): `test` and `validate` also score the temporal stability of the predicted
+    depth between consecutive frames (`temporal_change`, dp_train/evaluation/temporal.py). A key without a
+    frame number is a bad record."""
 
     def __post_init__(self) -> None:
         if self.depth_range is not None:
@@ -73,6 +79,17 @@ class SourceConfig:
         if not all(p.endswith(".index.json") for p in patterns):
             return None
         return {url: count for p in patterns for url, count in zip(shard_urls(p), shard_counts(p))}
+
+
+SEQUENCE_KEY = re.compile(r"(?P<clip>.*?)[_/-]?(?P<frame>[0-9]+)")
+"""A sequence source's key: the clip's name, an optional separator, and the frame number that ends the key."""
+
+
+def clip_and_frame(key: str) -> tuple[str, int] | None:
+    """(clip name, frame number) of a sequence source's sample key (`alley_1_0007` -> (`alley_1`, 7)), or None
+    for a key that does not end in a frame number."""
+    match = SEQUENCE_KEY.fullmatch(key)
+    return (match["clip"], int(match["frame"])) if match else None
 
 
 def describe_error(err: BaseException) -> str:

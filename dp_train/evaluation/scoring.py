@@ -11,19 +11,24 @@ import torch
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.aggregation import SumMetric
 
+from dp_train.data.sources import clip_and_frame
 from dp_train.evaluation.boundary import BoundaryF1, BoundaryRecall
 from dp_train.evaluation.depth_accuracy import AlignedDepthMetrics, DepthMetrics
 from dp_train.evaluation.focal import FocalMetrics
 from dp_train.evaluation.per_image import EvaluatedImage, evaluated_images, focal_from_fov
+from dp_train.evaluation.temporal import TemporalChange, clip_id
 from dp_train.utils.visualize import depth_panel
 
 
-def metric_collection(boundary_metrics: bool) -> MetricCollection:
-    """The metrics of one evaluated source (boundary F1 / recall only when asked: they cost the most)."""
+def metric_collection(boundary_metrics: bool, sequence: bool = False) -> MetricCollection:
+    """The metrics of one evaluated source (boundary F1 / recall only when asked: they cost the most; the
+    temporal change only for a source of clips' frames, `SourceConfig.sequence`)."""
     metrics = {"depth": DepthMetrics(), "aligned": AlignedDepthMetrics(), "focal": FocalMetrics(),
                "empty_images": SumMetric()}
     if boundary_metrics:
         metrics |= {"boundary_f1": BoundaryF1(), "boundary_recall": BoundaryRecall()}
+    if sequence:
+        metrics["temporal"] = TemporalChange()
     return MetricCollection(metrics, compute_groups=False)
 
 
@@ -40,7 +45,17 @@ def score_batch(metrics: list[MetricCollection], pred: torch.Tensor, fov: torch.
     for image in images:
         collection = metrics[int(batch["source"][image.index])]
         update_image_metrics(collection, image, None if fov is None else fov[image.index])
+        if "temporal" in collection:
+            update_temporal(collection["temporal"], image, batch["key"][image.index])
     return images
+
+
+def update_temporal(metric: TemporalChange, image: EvaluatedImage, key: str) -> None:
+    """A clip's frame, by its key's clip and frame number, for the temporal change (paired with its neighbours
+    after the sync: dp_train/evaluation/temporal.py). Depth up to a fixed focal length, 1 / C, as `predict` gives
+    a clip one focal length: the figure is that of `predict`'s output, whatever the ground truth holds."""
+    clip, frame = clip_and_frame(key) or ("", -1)  # the data health check refuses keys without a frame number
+    metric.update((1.0 / image.canonical)[None], torch.tensor([clip_id(clip)]), torch.tensor([frame]))
 
 
 def update_image_metrics(metrics: MetricCollection, image: EvaluatedImage, fov: torch.Tensor | None) -> None:

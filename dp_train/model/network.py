@@ -311,11 +311,7 @@ class DepthPro(nn.Module):
             x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)
         canonical_inverse_depth, fov_deg = self.forward(x)
         focal = self._focal_px(f_px, fov_deg, width, x.shape[0], x.device)
-        inverse_depth = canonical_inverse_depth.float() * (width / focal).view(-1, 1, 1, 1)
-        if (height, width) != (self.img_size, self.img_size):
-            inverse_depth = F.interpolate(inverse_depth, size=(height, width), mode="bilinear", align_corners=False)
-        depth = 1.0 / inverse_depth.clamp(min=1e-4, max=1e4)
-        depth = depth[:, 0]
+        depth = metric_depth(canonical_inverse_depth, focal, height, width)
         return {"depth": depth[0] if single else depth, "focallength_px": focal[0] if single else focal}
 
     @staticmethod
@@ -328,6 +324,18 @@ class DepthPro(nn.Module):
         if fov_deg is None:
             raise ValueError("no focal length given and the network has no FOV head (fov_head=False)")
         return 0.5 * width / torch.tan(0.5 * torch.deg2rad(fov_deg.float()))
+
+
+def metric_depth(canonical_inverse_depth: torch.Tensor, focal_px: torch.Tensor, height: int, width: int
+                 ) -> torch.Tensor:
+    """(B, H, W) float32 metric depth (metres) of images `width` x `height` from the network's (B, 1, S, S)
+    canonical inverse depth and their focal lengths in pixels ((B,)): inverse depth `C W / f`, resized bilinearly
+    (half-pixel centres) to the image as the reference does, clamped to [1e-4, 1e4] and inverted. `infer` and
+    `predict`'s batched runner share it, so their outputs agree."""
+    inverse_depth = canonical_inverse_depth.float() * (width / focal_px).view(-1, 1, 1, 1)
+    if inverse_depth.shape[-2:] != (height, width):
+        inverse_depth = F.interpolate(inverse_depth, size=(height, width), mode="bilinear", align_corners=False)
+    return (1.0 / inverse_depth.clamp(min=1e-4, max=1e4))[:, 0]
 
 
 def init_convolutions(module: nn.Module, skip: list[nn.Module]) -> None:

@@ -163,12 +163,19 @@ class DepthProModule(L.LightningModule):
         names = datamodule.source_names(split) if datamodule is not None else []
         return names or ["all"]
 
+    def sequence_sources(self, split: str) -> set[str]:
+        """Names of the sources whose samples are frames of clips (`sequence: true`): scored for temporal change."""
+        sources = getattr(getattr(self.trainer, "datamodule", None), f"{split}_sources", None) if self._trainer else None
+        return {s.name for s in sources or [] if getattr(s, "sequence", False)}
+
     def setup(self, stage: str) -> None:
         """Create metric collections per evaluated source (registered before DDP wraps the module)."""
         for split in ("val", "test") if stage == "test" else ("val",):
+            sequences = self.sequence_sources(split)
             for name in self.source_names(split):
                 if f"{split}__{name}" not in self.eval_metrics:
-                    self.eval_metrics[f"{split}__{name}"] = metric_collection(self.hparams.boundary_metrics)
+                    self.eval_metrics[f"{split}__{name}"] = metric_collection(self.hparams.boundary_metrics,
+                                                                              name in sequences)
 
     def configure_optimizers(self) -> dict:
         """AdamW (Adam at weight decay 0) with separate encoder / decoder learning rates; the LR schedule per step."""

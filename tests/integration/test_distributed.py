@@ -57,7 +57,7 @@ def recipe(run: Path, data: dict[str, Path], devices: int, strategy: str, batch_
         },
         "model": TINY | {"fsdp_param_dtype": "float32"},  # bf16 compute would differ from the fp32 reference
         "data": {"train_sources": [{"name": "same", "urls": str(data["same"])}],
-                 "val_sources": [{"name": "val", "urls": str(data["val"])}],
+                 "val_sources": [{"name": "val", "urls": str(data["val"]), "sequence": True}],  # synth-<seed> keys
                  "image_size": 512, "batch_size": batch_size, "val_batch_size": 1, "samples_per_epoch": 64,
                  "num_workers": 0, "pin_memory": False, "augment": STILL},
     }
@@ -119,14 +119,18 @@ def grad_norms(run: Path) -> list[float]:
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
 def test_validation_metrics_synced_over_ranks_equal_one_process(tmp_path_factory, data, strategy):
-    """Same (seeded initial) weights: the 6 val scenes split over 2 ranks give the one-process metrics."""
+    """Same (seeded initial) weights: the 6 val scenes split over 2 ranks give the one-process metrics; read as
+    the frames 40-45 of one clip (a sequence source), the temporal change pairs frames scored on different ranks
+    after the sync: the 5 pairs of one process."""
     runs = {devices: tmp_path_factory.mktemp(f"validate{devices}") for devices in (1, 2)}
     for devices, run in runs.items():
         launch(run, "validate", recipe(run, data, devices, STRATEGIES[strategy] if devices > 1 else "auto", 1))
-    names = ("val/abs_rel", "val/delta1", "val/rmse", "val/log10", "val/boundary_f1", "val/boundary_recall")
+    names = ("val/abs_rel", "val/delta1", "val/rmse", "val/log10", "val/boundary_f1", "val/boundary_recall",
+             "val/temporal_change", "val/temporal_pairs")
     for name in names:
         (two,), (one,) = series(metrics(runs[2]), name), series(metrics(runs[1]), name)
         assert two == pytest.approx(one, rel=1e-6, abs=1e-9), name
+    assert series(metrics(runs[2]), "val/temporal_pairs") == [5.0]
 
 
 @pytest.mark.slow

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import subprocess
 import sys
@@ -15,36 +13,14 @@ import torch
 from PIL import Image
 
 from dp_train.cli.main import main
-from dp_train.model import DepthProConfig, build_depth_pro, save_weights
+from dp_train.model import save_weights
 from dp_train.utils.exif import focal_35mm_to_px
 from dp_train.inference.images import load_image
 from dp_train.utils.visualize import colorize_inverse_depth, colormap_lut
+from tests.helpers.predict import FOV_DEG, random_image as _image, summary_rows as _summary, tiny_model as _tiny_model
 
-FOV_DEG = 60.0
 EXIF_FOCAL_35MM = 28
 ORIENTATION_ROTATE_90 = 6  # EXIF Orientation: stored image must be rotated 90 degrees to be upright
-
-
-def _tiny_model(fov_head: bool = True) -> torch.nn.Module:
-    """The test network with a positive depth output and, if present, a constant 60 degree FOV head."""
-    torch.manual_seed(0)
-    model = build_depth_pro(DepthProConfig.preset("tiny", vit_img_size=128, fov_head=fov_head))
-    with torch.no_grad():
-        last = model.head[4]  # conv before the final ReLU: keep canonical inverse depth well above zero
-        last.weight.mul_(0.01)
-        last.bias.fill_(1.0)
-        if model.fov is not None:
-            model.fov.head[-1].weight.zero_()
-            model.fov.head[-1].bias.fill_(FOV_DEG)
-    return model
-
-
-def _image(width: int, height: int, seed: int) -> Image.Image:
-    """A random RGB image with a horizontal gradient."""
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
-    pixels[..., 0] = np.linspace(0, 255, width, dtype=np.uint8)[None, :]
-    return Image.fromarray(pixels)
 
 
 @pytest.fixture(scope="module")
@@ -73,15 +49,6 @@ def _predict(ws: dict[str, Path], output: Path, *extra: str, inputs: Path | None
     """Run `dp_train predict` with the tiny network on CPU."""
     argv = ["predict", "--weights", str(ws["weights"]), "--input", str(inputs or ws["images"]), "--output", str(output)]
     return main([*argv, "--preset", "tiny", "--vit-img-size", "128", "--device", "cpu", *extra])
-
-
-def _summary(output: Path) -> dict[str, dict]:
-    """summary.json rows keyed by input file name (also checks summary.csv has the same inputs)."""
-    rows = json.loads((output / "summary.json").read_text())["images"]
-    with open(output / "summary.csv", newline="") as fh:
-        csv_rows = list(csv.DictReader(fh))
-    assert [r["input"] for r in csv_rows] == [r["input"] for r in rows]
-    return {Path(r["input"]).name: r for r in rows}
 
 
 @pytest.fixture(scope="module")
