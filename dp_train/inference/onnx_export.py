@@ -64,7 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="also check on this image (resized to the network size); repeatable")
     group.add_argument("--max-rel-error", type=positive, default=None, metavar="X",
                        help="refuse the graph when an output's max abs error exceeds X times its largest value "
-                            f"(default: {BOUND_FACTOR:g} times PyTorch's own float32 error, see docs/export.md)")
+                            f"(default: {BOUND_FACTOR:g} times PyTorch's own float32 error, measured against float64; "
+                            "with X the float64 pass, the largest in memory, is skipped: docs/export.md)")
     group.add_argument("--external-data", action="store_true",
                        help="write the weights to <out>.data even when the graph would stay under protobuf's 2 GiB "
                             "(beyond it they always are)")
@@ -172,7 +173,9 @@ def export_in_child(source: Path, shape: dict, path: Path, external: bool) -> No
     child = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True, check=False)
     if child.returncode:
         lines = child.stderr.strip().splitlines()
-        reason = lines[-1] if lines and child.returncode > 0 else f"killed by signal {-child.returncode} (out of memory?)"
+        reason = lines[-1] if lines else "no message"
+        if child.returncode < 0:
+            reason = f"killed by signal {-child.returncode} (out of memory?)"
         raise ValueError(f"torch's ONNX exporter failed (exit code {child.returncode}): {reason}")
 
 
@@ -246,7 +249,7 @@ def stage(graph: Graph, shape: dict, images: torch.Tensor, path: Path, args: arg
     first (float32, then float64), then the export, then ONNX Runtime: the peak memory is the larger of the
     float64 pass, the exporter's process and ONNX Runtime's session, one at a time."""
     start = time.perf_counter()
-    references = torch_references(graph, images)
+    references = torch_references(graph, images, float64=args.max_rel_error is None)
     graph.to("meta")  # the weights' memory back before the export and ONNX Runtime (the shapes stay)
     torch_seconds = time.perf_counter() - start
     export_in_child(args.ckpt, shape, path, args.external_data or needs_external_data(graph))

@@ -74,7 +74,8 @@ def test_round_trip_writes_the_graph_its_weights_and_its_figures(exported):
     assert sidecar["opset"] >= 17 and sidecar["versions"]["onnxruntime"] == onnxruntime.__version__
     assert sidecar["files"] == {p.name: p.stat().st_size for p in (out, out.parent / "model.onnx.data")}
     assert sidecar["external_data"] == "model.onnx.data" and sidecar["export_seconds"] > 0
-    assert sidecar["parity"]["images"] == 2 and sidecar["parity"]["image_files"] == [str(exported["root"] / "photo.png")]
+    assert sidecar["parity"]["images"] == 2
+    assert sidecar["parity"]["image_files"] == [str(exported["root"] / "photo.png")]
     assert set(sidecar["parity"]["outputs"]) == {"canonical_inverse_depth", "fov_deg"}
     for figures in sidecar["parity"]["outputs"].values():
         assert 0 <= figures["max_abs"] <= figures["bound_abs"] and figures["max_rel"] <= figures["bound_rel"]
@@ -128,7 +129,8 @@ def test_a_graph_off_by_more_than_the_bound_is_refused_and_nothing_is_left(expor
     monkeypatch.setattr(onnx_export, "export_in_child", broken_export)
     kept = tmp_path / "kept.onnx"
     kept.write_bytes(b"an earlier export")
-    for out, extra in ((tmp_path / "new" / "deeper" / "model.onnx", ()), (kept, ("--overwrite",))):
+    runs = ((tmp_path / "new" / "deeper" / "model.onnx", ()), (kept, ("--overwrite", "--max-rel-error", "1e-3")))
+    for out, extra in runs:  # the derived bound, then a given one (no float64 pass)
         code, _, stderr = run_export("--ckpt", str(exported["weights"]), "--out", str(out), "--parity-images", "1",
                                      *extra)
         assert code == 2
@@ -174,6 +176,9 @@ def test_the_bound_refuses_outputs_off_by_more_than_it():
     overridden = compare(torch32 + np.float32(1e-3), torch32, exact, max_rel=1e-3)
     assert overridden.passed and overridden.bound_abs == pytest.approx(1e-3 * overridden.scale)
     assert not compare(torch32 + np.float32(2e-3 * overridden.scale), torch32, exact, max_rel=1e-3).passed
+    without64 = compare(torch32 + np.float32(1e-3), torch32, None, max_rel=1e-3)  # no float64 pass needed
+    assert without64.passed and without64.figures()["float32_error"] is None
+    assert without64.scale == pytest.approx(overridden.scale, rel=UNIT_ROUNDOFF)
     with pytest.raises(ValueError, match="shape"):
         compare(torch32[:1], torch32, exact)
 
@@ -188,7 +193,8 @@ def test_an_existing_out_or_companion_is_refused_without_overwrite(tmp_path, exi
 
 
 def test_a_format_the_out_name_contradicts_is_one_error_line(tmp_path):
-    code, _, stderr = run_export("--ckpt", str(tmp_path / "a.ckpt"), "--out", str(tmp_path / "m.pt"), "--format", "onnx")
+    out = tmp_path / "m.pt"
+    code, _, stderr = run_export("--ckpt", str(tmp_path / "a.ckpt"), "--out", str(out), "--format", "onnx")
     assert code == 2 and stderr.splitlines() == [f"error: --out {tmp_path / 'm.pt'} must end in one of .onnx"]
 
 
@@ -196,5 +202,6 @@ def test_a_missing_extra_is_one_error_line(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
     code, _, stderr = run_export("--ckpt", str(tmp_path / "a.ckpt"), "--out", str(tmp_path / "m.onnx"))
     assert code == 2 and len(stderr.splitlines()) == 1
-    assert stderr.startswith("error: --format onnx needs the optional packages") and "pip install -e '.[onnx]'" in stderr
+    assert stderr.startswith("error: --format onnx needs the optional packages")
+    assert "pip install -e '.[onnx]'" in stderr
     assert list(tmp_path.iterdir()) == []
