@@ -22,7 +22,7 @@ def check_recipe(subcommand: str | None, model: Any, datamodule: Any, trainer: A
         check_names(f"data.{key}", getattr(datamodule, key))
         check_shard_lists(f"data.{key}", getattr(datamodule, key))
     check_sources_for(subcommand, datamodule)
-    refuse_beside_fsdp(trainer.strategy, trainer.callbacks)
+    refuse_beside_fsdp(trainer.strategy, trainer.callbacks, getattr(model, "hparams", {}).get("lora"))
     if subcommand == "fit":
         check_checkpoint_dirs(trainer)
         check_source_use("data.train_sources", datamodule.train_sources, getattr(model, "training_use", "depth"))

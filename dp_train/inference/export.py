@@ -36,6 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=sorted(FORMATS), default=None,
                         help="what to write (default: chosen by --out's ending)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out (and its .json/.data) if it exists")
+    interpolation = parser.add_argument_group("weight interpolation (docs/export.md)")
+    interpolation.add_argument("--interpolate-from", type=Path, default=None, metavar="START",
+                               help="write (1 - alpha) * START + alpha * --ckpt: the fine-tuned weights pulled back "
+                                    "towards the weights the fine-tune started from (same network shape)")
+    interpolation.add_argument("--alpha", type=float, default=None,
+                               help="share of the fine-tuned weights, in [0, 1] (with --interpolate-from)")
     onnx_export.add_arguments(parser)
 
 
@@ -45,13 +51,15 @@ def run(args: argparse.Namespace) -> int:
     onnx = (args.format or format_of(args.out)) == "onnx"
     problem = out_problem(args.out, args.ckpt, args.overwrite, FORMATS[args.format] if args.format else SUFFIXES,
                           onnx_export.companions(args.out) if onnx else ())
-    if problem or (onnx and (problem := onnx_export.usage_problem(args))):
+    if problem or (problem := interpolation_problem(args)) or (onnx and (problem := onnx_export.usage_problem(args))):
         print(f"error: {problem}", file=sys.stderr)
         return 2
     try:
         state, shape = read_weights(args.ckpt)
         if shape:
             check_shape(state, shape, args.ckpt)
+        if args.interpolate_from is not None:
+            state = interpolate(read_weights(args.interpolate_from)[0], state, args.alpha, args.interpolate_from)
         if onnx:
             return onnx_export.run(args, state, shape)
     except (FileNotFoundError, ValueError, KeyError, TypeError) as err:
@@ -61,6 +69,34 @@ def run(args: argparse.Namespace) -> int:
     save_state_dict(state, args.out, shape=shape)
     print(f"wrote {len(state)} tensors to {args.out}" + (f" (network {shape})" if shape else ""))
     return 0
+
+
+def interpolation_problem(args: argparse.Namespace) -> str | None:
+    """Why `--interpolate-from` / `--alpha` cannot be used as given, or None."""
+    if (args.interpolate_from is None) != (args.alpha is None):
+        return "--interpolate-from and --alpha go together: pass both or neither"
+    if args.alpha is not None and not 0.0 <= args.alpha <= 1.0:
+        return f"--alpha {args.alpha} must lie in [0, 1] (0: the start, 1: the fine-tuned weights)"
+    return None
+
+
+def interpolate(start: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], alpha: float,
+                start_path: Path) -> dict[str, torch.Tensor]:
+    """`(1 - alpha) * start + alpha * tuned`, tensor by tensor (computed in float32, stored in the fine-tuned
+    tensor's dtype; non-float tensors are the fine-tuned ones). Both must hold the same tensors in the same shapes:
+    a start of another network is one ValueError naming the first difference."""
+    if start.keys() != tuned.keys():
+        differing = sorted(start.keys() ^ tuned.keys())
+        raise ValueError(f"--interpolate-from {start_path} is not the fine-tuned network's start: tensor "
+                         f"{differing[0]} is in only one of them ({len(differing)} differ)")
+    mixed = {}
+    for key, value in tuned.items():
+        if start[key].shape != value.shape:
+            raise ValueError(f"--interpolate-from {start_path}: {key} has shape {tuple(start[key].shape)}, the "
+                             f"fine-tuned network's {tuple(value.shape)}")
+        mixed[key] = torch.lerp(start[key].float(), value.float(), alpha).to(value.dtype) \
+            if value.is_floating_point() else value
+    return mixed
 
 
 def format_of(out: Path) -> str:

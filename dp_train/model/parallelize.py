@@ -76,12 +76,15 @@ def shard(network: nn.Module, mesh: DeviceMesh, param_dtype: ParamDtype) -> None
     fully_shard(network, mesh=mesh, mp_policy=policy)
 
 
-def refuse_beside_fsdp(strategy: Any, callbacks: list) -> None:
-    """Raise one ValueError naming a callback that cannot run when `strategy` shards the model with FSDP2:
-    EMAWeightAveraging (any WeightAveraging) deep-copies the model, which sharded modules refuse (a traceback
-    on every rank once training starts)."""
+def refuse_beside_fsdp(strategy: Any, callbacks: list, lora: Any = None) -> None:
+    """Raise one ValueError naming what cannot run when `strategy` shards the model with FSDP2: EMAWeightAveraging
+    (any WeightAveraging) deep-copies the model, which sharded modules refuse (a traceback on every rank once
+    training starts); LoRA's parametrized layers would be sharded as their merged weight, not as W, A and B."""
     if not isinstance(strategy, ModelParallelStrategy):
         return
+    if lora is not None:
+        raise ValueError("model.lora cannot run under FSDP (ModelParallelStrategy): use DDP, which LoRA's small "
+                         "optimizer state suits, or train without LoRA")
     for callback in callbacks:
         if isinstance(callback, WeightAveraging):
             raise ValueError(f"{type(callback).__name__} (trainer.callbacks) cannot run under FSDP "

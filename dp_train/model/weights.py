@@ -22,6 +22,7 @@ from torch import nn
 
 from dp_train.model.config import DepthProConfig, network_shape
 from dp_train.model.resample import fit_to_grid
+from dp_train.model.lora import merge_lora
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,8 @@ def _read_sharded_checkpoint(path: Path) -> dict:
 
 
 def _network_tensors(obj: object, path: Path) -> dict[str, torch.Tensor]:
-    """Return the network's tensors from a loaded object (plain state dict or Lightning checkpoint)."""
+    """Return the network's tensors from a loaded object (plain state dict or Lightning checkpoint), a LoRA run's
+    low-rank factors merged into their weights (Apple's layout)."""
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = {
             key[len(LIGHTNING_PREFIX) :]: value
@@ -108,7 +110,7 @@ def _network_tensors(obj: object, path: Path) -> dict[str, torch.Tensor]:
         }
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path} holds no state dict of tensors (found {type(obj).__name__})")
-    return obj
+    return merge_lora(obj)
 
 
 def _shortlist(keys: list[str]) -> str:

@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
 import torch
 from torch import nn
 
 from dp_train.evaluation.scoring import epoch_logs, first_image_panel, metric_collection, real_images, score_batch
 from dp_train.losses import Objective, depth_objective, fov_objective
 from dp_train.model import DepthProConfig, build_depth_pro, load_weights
+from dp_train.model.lora import LoraConfig, add_lora, merge_lora
 from dp_train.model.parallelize import parallelize
 from dp_train.utils.ranges import POSITIVE, Range, check_ranges
 from dp_train.runtime.per_rank import gather_per_rank, own_entry, rng_state, set_rng_state
@@ -18,6 +20,7 @@ from dp_train.train.optim import adamw_per_step, freeze_for_mode, freeze_vit_lay
 from dp_train.train.step_logs import TrainingLogs
 from dp_train.train.curriculum import lr_restarts
 from dp_train.train.distill import Teacher
+from dp_train.train.trainable import freeze_parts, trainable_summary
 from dp_train.train.schedules import build_schedule, drop_legacy_state
 
 MODEL_RANGES: dict[str, Range] = {
@@ -82,6 +85,11 @@ class DepthProModule(L.LightningModule):
             shape the file records): every training image gets a term matching the teacher's outputs, so image-only
             shards train too (dp_train/train/distill.py; never in the optimizer or the checkpoint).
         teacher_weight: weight of the teacher term next to the ground-truth objective.
+        freeze: parts of the network kept as loaded (ours): `patch_encoder`, `image_encoder`, `fov_encoder`,
+            `decoder`, `heads` (dp_train/train/trainable.py).
+        lora: low-rank adaptation of the ViTs (ours; dp_train/model/lora.py): the adapted ViTs are frozen and only
+            rank-r updates of their linear layers train, at `lora.lr`. Checkpoints keep the factors (exact
+            resume); `export` and every loader merge them into Apple's layout. Not under FSDP.
     """
 
     def __init__(
@@ -110,6 +118,8 @@ class DepthProModule(L.LightningModule):
         log_images_every_n_val_steps: int = 20,
         teacher: str | None = None,
         teacher_weight: float = 1.0,
+        freeze: list[str] | None = None,
+        lora: LoraConfig | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -124,6 +134,12 @@ class DepthProModule(L.LightningModule):
         freeze_for_mode(self.net, mode)
         if freeze_vit_norms:
             freeze_vit_layernorms(self.net)
+        if lora is not None:
+            lora.check("model.lora")
+            add_lora(self.net, lora)
+        freeze_parts(self.net, freeze or [])
+        if not any(param.requires_grad for param in self.net.parameters()):
+            raise ValueError(f"model.freeze={freeze} leaves nothing of the network to train in mode={mode!r}")
         self.teacher = Teacher(teacher, mode, teacher_weight, derivative_scales, fov_loss) if teacher else None
         self.eval_metrics = nn.ModuleDict()
         self._step_logs = TrainingLogs()
@@ -143,8 +159,11 @@ class DepthProModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep this rank's RNG states for the first training batch after the resume (see below); drop what
-        earlier versions patched into the LR schedule (dp_train/train/schedules.py: `drop_legacy_state`)."""
+        earlier versions patched into the LR schedule (dp_train/train/schedules.py: `drop_legacy_state`); merge a
+        LoRA checkpoint's factors when this module has none."""
         drop_legacy_state(checkpoint)
+        if self.hparams.lora is None:  # a LoRA run's checkpoint evaluated (validate, test) without LoRA
+            checkpoint["state_dict"] = merge_lora(checkpoint["state_dict"])
         if "rng_per_rank" in checkpoint:
             self._resumed_rng = own_entry(checkpoint["rng_per_rank"], "RNG state")
 
@@ -184,7 +203,10 @@ class DepthProModule(L.LightningModule):
         if self._trainer is not None:
             total, restarts = int(self.trainer.estimated_stepping_batches), lr_restarts(self.trainer.callbacks)
         schedule = build_schedule(hp.lr_schedule, hp.warmup_steps, total, hp.min_lr_ratio, hp.decay_at, restarts)
-        return adamw_per_step(parameter_groups(self.net, hp.lr_encoder, hp.lr_decoder, hp.weight_decay), schedule)
+        groups = parameter_groups(self.net, hp.lr_encoder, hp.lr_decoder, hp.weight_decay,
+                                  hp.lora.lr if hp.lora else None)
+        rank_zero_info(trainable_summary(self.net))
+        return adamw_per_step(groups, schedule)
 
     # --------------------------------------------------------------- training
 

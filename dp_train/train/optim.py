@@ -1,5 +1,5 @@
-"""The optimiser: AdamW over four parameter groups (encoder | decoder) x (decay | no decay), stepped per
-optimizer step by the LR schedule (dp_train/train/schedules.py)."""
+"""The optimiser: AdamW over four parameter groups (encoder | decoder) x (decay | no decay), plus one of LoRA
+factors when there are some, stepped per optimizer step by the LR schedule (dp_train/train/schedules.py)."""
 
 from __future__ import annotations
 
@@ -8,21 +8,27 @@ from typing import Callable
 import torch
 from torch import nn
 
+from dp_train.model.lora import is_lora_parameter
+
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "gamma", "norm", "bias")
 """Parameters kept out of weight decay: embeddings, layer scales, norms and biases."""
 ENCODER_PREFIXES = ("encoder.patch_encoder.", "encoder.image_encoder.", "fov.encoder.0.")
 """The pretrained ViT encoders, which train at the encoder LR (the rest, randomly initialised, at the decoder's)."""
 
 
-def parameter_groups(net: nn.Module, lr_encoder: float, lr_decoder: float, weight_decay: float) -> list[dict]:
+def parameter_groups(net: nn.Module, lr_encoder: float, lr_decoder: float, weight_decay: float,
+                     lr_lora: float | None = None) -> list[dict]:
     """Four groups: (encoder | decoder) x (decay | no decay), trainable parameters only, in a fixed order (the
-    optimizer state in checkpoints is matched by position)."""
+    optimizer state in checkpoints is matched by position); LoRA factors in a fifth, at `lr_lora`, without weight
+    decay (decay would pull the update, not the weight, towards zero)."""
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    lora = [param for name, param in net.named_parameters() if param.requires_grad and is_lora_parameter(name)]
     for name, param in net.named_parameters():
-        if param.requires_grad:
+        if param.requires_grad and not is_lora_parameter(name):
             key = (name.startswith(ENCODER_PREFIXES), not any(n in name for n in NO_DECAY_NAMES))
             groups.setdefault(key, []).append(param)
-    return [
+    lora_group = [{"params": lora, "lr": lr_lora, "weight_decay": 0.0, "name": "lora"}] if lora else []
+    return lora_group + [
         {
             "params": params,
             "lr": lr_encoder if is_encoder else lr_decoder,

@@ -37,9 +37,10 @@ def resume_shards(tmp_path_factory) -> Path:
     return write_resume_shards(tmp_path_factory.mktemp("resume_shards"))
 
 
-def resume_recipe(run: Path, shards: Path, devices: int) -> Path:
+def resume_recipe(run: Path, shards: Path, devices: int, model: dict | None = None) -> Path:
     """Two sources, a switch of mixture, objective and LR schedule at SWITCH, EMA, checkpoints every EVERY steps,
-    EPOCH batches per epoch, 2 dataloader workers; `run/markers/stepN` appears as step N ends."""
+    EPOCH batches per epoch, 2 dataloader workers; `run/markers/stepN` appears as step N ends. `model` adds
+    `model` keys (e.g. `lora`)."""
     callbacks = [
         {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
          "init_args": {"dirpath": str(run / "ckpt"), "save_last": True, "save_top_k": 0, "every_n_train_steps": EVERY}},
@@ -61,7 +62,7 @@ def resume_recipe(run: Path, shards: Path, devices: int) -> Path:
         },
         "model": {"preset": "tiny", "lr_encoder": 1e-3, "lr_decoder": 1e-3, "warmup_steps": 2,
                   "network": {"vit_img_size": 128, "decoder_features": 16, "encoder_feature_dims": [8, 16, 32, 32]},
-                  "log_images_every_n_val_steps": 0, "boundary_metrics": False},
+                  "log_images_every_n_val_steps": 0, "boundary_metrics": False} | (model or {}),
         "data": {
             "train_sources": [{"name": "a", "urls": str(shards)}, {"name": "b", "urls": str(shards)}],
             "image_size": 512, "batch_size": 1, "samples_per_epoch": EPOCH * devices, "num_workers": 2,
