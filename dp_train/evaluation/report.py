@@ -6,7 +6,8 @@ the depth metrics (`depth_accuracy.DEPTH_METRIC_NAMES`) with the ground-truth fo
 length and, when the network has a FOV head, with the predicted one; the
 scale-invariant boundary F1 (metric, non-sparse depth; pairs with an invalid
 pixel left out) in total and per ratio threshold; the boundary recall (images
-with a matte); predicted and
+with a matte); the seam ratio of the prediction and of its ground truth
+(dp_train/evaluation/seams.py: at the network's resolution, where the window seams lie); predicted and
 true focal length; the absolute relative error binned by ground-truth depth;
 and the worst images by AbsRel as RGB | GT | prediction | error panels. At the
 end everything is gathered to rank 0, which writes into `out_dir`:
@@ -37,6 +38,8 @@ from dp_train.evaluation.per_image import EvaluatedImage, focal_from_fov
 from dp_train.evaluation.boundary import BOUNDARY_WEIGHTS, si_boundary_f1_per_threshold, si_boundary_recall
 from dp_train.evaluation.depth_accuracy import ALIGNED_METRIC_NAMES, depth_metrics
 from dp_train.evaluation.focal import focal_errors
+from dp_train.evaluation.seams import image_seam_sums, seam_inputs, seam_ratio
+from dp_train.model.network import seam_positions
 from dp_train.evaluation.report_files import (
     ALIGNED_COLUMNS,
     DEPTH_COLUMNS,
@@ -93,6 +96,13 @@ def _boundary_columns(image: EvaluatedImage) -> Row:
     return row
 
 
+def seam_columns(pred: Tensor, batch: dict, image: EvaluatedImage, lines: tuple[int, ...]) -> Row:
+    """The image's seam ratios (prediction, ground truth) and the sums they come from (`seam_sums`, which the
+    per-dataset figure pools as the logged metric does)."""
+    sums = image_seam_sums(*seam_inputs(pred, batch, image), lines).cpu().numpy()
+    return {"seam_ratio": seam_ratio(sums[0]), "seam_ratio_gt": seam_ratio(sums[1]), "seam_sums": sums}
+
+
 def _rgb(image: Tensor) -> np.ndarray:
     """(3,H,W) image in [-1, 1] -> (H,W,3) uint8."""
     return ((image.float().permute(1, 2, 0).cpu().numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)
@@ -121,6 +131,7 @@ class EvaluationReport(Callback):
         self.out_dir = Path(out_dir)
         self.worst_cases = worst_cases
         self.depth_bins = depth_bins
+        self._seam_lines: tuple[int, ...] = ()
         self._reset()
 
     def _reset(self) -> None:
@@ -130,8 +141,9 @@ class EvaluationReport(Callback):
         self._counter = itertools.count()
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Start recording."""
+        """Start recording (the seam lines: those of the module's network)."""
         self._reset()
+        self._seam_lines = seam_positions(pl_module.net.config)
 
     def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: dict,
                           batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -149,7 +161,8 @@ class EvaluationReport(Callback):
             row = {"dataset": names[int(batch["source"][i])], "key": batch["key"][i], "empty": int(image.is_empty)}
             pred_depth = image.depth()
             row |= _depth_columns(pred_depth, image, "") | self._focal_columns(image, None if fov is None else fov[i])
-            row |= _aligned_columns(image) | _boundary_columns(image)
+            row |= _aligned_columns(image) | _boundary_columns(image) | seam_columns(pred, batch, image,
+                                                                                     self._seam_lines)
             self._add(row, _depth_histogram(pred_depth.cpu().numpy(), image.gt_depth.cpu().numpy(),
                                             image.valid.cpu().numpy()))
             self._offer_worst(row, batch, i, pred)

@@ -15,6 +15,7 @@ import numpy as np
 from dp_train.evaluation.boundary import BOUNDARY_THRESHOLDS
 from dp_train.evaluation.depth_accuracy import ALIGNED_METRIC_NAMES, DEPTH_METRIC_NAMES
 from dp_train.evaluation.paper_tables import PaperTable, paper_tables
+from dp_train.evaluation.seams import seam_ratio
 
 matplotlib.use("Agg")  # files only, no display; set before pyplot is imported
 import matplotlib.pyplot as plt  # noqa: E402
@@ -26,13 +27,18 @@ THRESHOLD_COLUMNS = [f"boundary_f1@{t:.3f}" for t in BOUNDARY_THRESHOLDS]
 DEPTH_COLUMNS = list(DEPTH_METRIC_NAMES)
 PRED_FOCAL_COLUMNS = [f"{c}_fpred" for c in DEPTH_COLUMNS]
 ALIGNED_COLUMNS = [f"{c}_aligned" for c in ALIGNED_METRIC_NAMES]
+SEAM_COLUMNS = ["seam_ratio", "seam_ratio_gt"]
+"""The prediction's and the ground truth's seam ratios (dp_train/evaluation/seams.py): per image its own, per
+dataset pooled from the images' sums (as the logged `seam_ratio`), not a mean of ratios."""
 IMAGE_COLUMNS = (["dataset", "key", "empty"] + DEPTH_COLUMNS + PRED_FOCAL_COLUMNS + ALIGNED_COLUMNS
-                 + ["boundary_f1", "boundary_recall", "f_true", "f_pred", "focal_rel_error"] + THRESHOLD_COLUMNS)
+                 + ["boundary_f1", "boundary_recall", "f_true", "f_pred", "focal_rel_error"] + SEAM_COLUMNS
+                 + THRESHOLD_COLUMNS)
 """Columns of `per_image.csv`; NaN (written empty) where a value does not apply."""
 DATASET_COLUMNS = (["dataset", "n_images", "empty_images"] + DEPTH_COLUMNS + PRED_FOCAL_COLUMNS + ALIGNED_COLUMNS
                    + ["boundary_f1", "boundary_recall", "focal_median_rel_error", "focal_share_below_25",
-                      "focal_share_below_50"] + THRESHOLD_COLUMNS)
-"""Columns of `per_dataset.csv`: image counts, means over images (NaN skipped) and focal statistics."""
+                      "focal_share_below_50"] + SEAM_COLUMNS + THRESHOLD_COLUMNS)
+"""Columns of `per_dataset.csv`: image counts, means over images (NaN skipped), focal statistics and the
+pooled seam ratios."""
 PLOTS = {
     "bars": "dataset_bars.png",
     "depth": "error_vs_depth.png",
@@ -79,15 +85,24 @@ def focal_summary(errors: list[float]) -> Row:
             "focal_share_below_50": float(np.mean(finite < 0.5))}
 
 
+def pooled_seam_ratios(rows: list[Row]) -> Row:
+    """`SEAM_COLUMNS` of a dataset from its images' summed `seam_sums` (NaN for rows without them)."""
+    parts = [r["seam_sums"] for r in rows if "seam_sums" in r]
+    if not parts:
+        return dict.fromkeys(SEAM_COLUMNS, math.nan)
+    return {name: seam_ratio(sums) for name, sums in zip(SEAM_COLUMNS, np.sum(parts, axis=0))}
+
+
 def summarize(rows: list[Row], datasets: list[str]) -> list[Row]:
-    """One `DATASET_COLUMNS` row per dataset: image count, per-image means, focal statistics."""
+    """One `DATASET_COLUMNS` row per dataset: image count, per-image means, focal statistics, seam ratios."""
     summary = []
     for name in datasets:
         own = [r for r in rows if r["dataset"] == name]
-        means = {c: nan_mean([r[c] for r in own]) for c in DATASET_COLUMNS if c in IMAGE_COLUMNS[3:]}
+        means = {c: nan_mean([r[c] for r in own]) for c in DATASET_COLUMNS
+                 if c in IMAGE_COLUMNS[3:] and c not in SEAM_COLUMNS}
         empty = sum(r["empty"] for r in own)
         summary.append({"dataset": name, "n_images": len(own), "empty_images": empty} | means
-                       | focal_summary([r["focal_rel_error"] for r in own]))
+                       | focal_summary([r["focal_rel_error"] for r in own]) | pooled_seam_ratios(own))
     return summary
 
 
@@ -200,6 +215,7 @@ SUMMARY_TABLE = [
     ("δ1, aligned", "delta1_aligned", True), ("boundary F1", "boundary_f1", False),
     ("boundary recall", "boundary_recall", False), ("focal median rel. error", "focal_median_rel_error", True),
     ("focal < 25 %", "focal_share_below_25", True), ("focal < 50 %", "focal_share_below_50", True),
+    ("seam ratio", "seam_ratio", False), ("seam ratio, GT", "seam_ratio_gt", False),
 ]
 """Columns of report.md's main table: header, `per_dataset.csv` column, shown as a percentage."""
 
@@ -236,6 +252,9 @@ def markdown_report(summary: list[Row], edges_m: np.ndarray, curves: dict[str, n
              "relative (non-metric) depth: AbsRel and δ1 after aligning each prediction to its ground truth by "
              "least-squares scale and shift in inverse depth (\"aligned\"); \"empty images\": images with depth "
              "ground truth but no pixel to score (listed below), left out of every mean; "
+             "seam ratio: the prediction's change across the patch encoder's window seams over its change elsewhere, "
+             "at the network's resolution, pooled over images (1: seams invisible; above 1: visible; \"GT\": the "
+             "ground truth's on the same lines, non-sparse only; docs/evaluation.md); "
              "'–': not applicable. Per image, with every metric: [per_image.csv](per_image.csv), per dataset: "
              "[per_dataset.csv](per_dataset.csv).", ""]
     lines += _table(["dataset"] + [h for h, _, _ in SUMMARY_TABLE],

@@ -16,19 +16,25 @@ from dp_train.evaluation.boundary import BoundaryF1, BoundaryRecall
 from dp_train.evaluation.depth_accuracy import AlignedDepthMetrics, DepthMetrics
 from dp_train.evaluation.focal import FocalMetrics
 from dp_train.evaluation.per_image import EvaluatedImage, evaluated_images, focal_from_fov
+from dp_train.evaluation.seams import SeamScore, seam_inputs
 from dp_train.evaluation.temporal import TemporalChange, clip_id
+from dp_train.model.config import DepthProConfig
 from dp_train.utils.visualize import depth_panel
 
 
-def metric_collection(boundary_metrics: bool, sequence: bool = False) -> MetricCollection:
+def metric_collection(boundary_metrics: bool, sequence: bool = False,
+                      network: DepthProConfig | None = None) -> MetricCollection:
     """The metrics of one evaluated source (boundary F1 / recall only when asked: they cost the most; the
-    temporal change only for a source of clips' frames, `SourceConfig.sequence`)."""
+    temporal change only for a source of clips' frames, `SourceConfig.sequence`; the seam score given the
+    `network` whose window seams it measures, dp_train/evaluation/seams.py)."""
     metrics = {"depth": DepthMetrics(), "aligned": AlignedDepthMetrics(), "focal": FocalMetrics(),
                "empty_images": SumMetric()}
     if boundary_metrics:
         metrics |= {"boundary_f1": BoundaryF1(), "boundary_recall": BoundaryRecall()}
     if sequence:
         metrics["temporal"] = TemporalChange()
+    if network is not None:
+        metrics["seams"] = SeamScore(network)
     return MetricCollection(metrics, compute_groups=False)
 
 
@@ -47,6 +53,8 @@ def score_batch(metrics: list[MetricCollection], pred: torch.Tensor, fov: torch.
         update_image_metrics(collection, image, None if fov is None else fov[image.index])
         if "temporal" in collection:
             update_temporal(collection["temporal"], image, batch["key"][image.index])
+        if "seams" in collection:
+            collection["seams"].update(*seam_inputs(pred, batch, image))
     return images
 
 

@@ -1,9 +1,9 @@
 """The depth objective as a table: term -> weight and the kinds of sample it applies to.
 
-A recipe (or a curriculum stage) sets one `Objective`. Each of its five terms (MAE, MSE, MAGE,
-MALE, MSGE; Sec. 3.2 of the paper) is a `Term`: a weight, which samples it applies to (metric /
-non-metric, real / synthetic) and whether it is scale-and-shift invariant (SSI) on metric samples
-too. The paper's stages are rows of this table (Tab. 17, conditions of Tab. 11-13):
+A recipe (or a curriculum stage) sets one `Objective`. Each of its terms (the paper's five: MAE,
+MSE, MAGE, MALE, MSGE, Sec. 3.2; and ours, `seam`, off unless weighted) is a `Term`: a weight, which
+samples it applies to (metric / non-metric, real / synthetic) and whether it is scale-and-shift
+invariant (SSI) on metric samples too. The paper's stages are rows of this table (Tab. 17, conditions of Tab. 11-13):
 
     stage 1 (1C): mae: 1.0                                   (SSI-MAE on non-metric samples)
                   mage: {weight: 1.0, real: false, ssi: true} (SSI-MAGE on synthetic samples only)
@@ -11,7 +11,7 @@ too. The paper's stages are rows of this table (Tab. 17, conditions of Tab. 11-1
 
 Fixed rules, not options: non-metric samples are always compared after SSI normalisation (their
 ground truth has no scale or shift to match); sparse (LiDAR) samples never get derivative terms
-(a derivative needs all its neighbours); the pixelwise terms (MAE, MSE) of real-world samples drop
+nor the seam term (a derivative needs all its neighbours); the pixelwise terms (MAE, MSE) of real-world samples drop
 the worst `trim_fraction` of pixels per image (Sec. 3.2), synthetic ones keep every pixel.
 
 Choices the paper leaves open, and ours:
@@ -24,12 +24,13 @@ Choices the paper leaves open, and ours:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 
+from dp_train.losses.seams import seam_excess
 from dp_train.losses.terms import derivative_losses, mae, mse, ssi_normalize
 from dp_train.utils.ranges import Range
 
@@ -90,6 +91,9 @@ class Objective:
     """Mean absolute Laplacian error over the pyramid (L_{L,1,M})."""
     msge: Term | float = 0.0
     """Mean squared Scharr-gradient error over the pyramid (L_{S,2,M})."""
+    seam: Term | float = 0.0
+    """Ours, not the paper's: the prediction's change across the patch encoder's window seams beyond the ground
+    truth's (dp_train/losses/seams.py: `seam_excess`), against seams becoming visible in fine-tuning."""
 
     def check(self, key: str) -> None:
         """Raise ValueError `KEY.term=value: must be ...` for the first entry that is no weight >= 0 (a number) or
@@ -133,14 +137,16 @@ def depth_objective(
     objective: Objective,
     trim_fraction: float = 0.2,
     scales: int = 6,
+    seam_lines: Sequence[int] = (),
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """The depth objective with per-sample term selection from `objective`'s table.
+    """The depth objective with per-sample term selection from `objective`'s table; `seam_lines` are the
+    network's window seams (`model.network.seam_positions`) for the `seam` term (none: it measures nothing).
 
     Returns the batch terms {"loss", "mae", ...} (each averaged over the images it applies to;
     "loss" is their weighted sum) and the per-image weighted loss (B,) for per-source logging.
     """
     pred, target = pred.float(), target.float()
-    maps = _SampleMaps(pred, target, valid, metric, sparse, scales)
+    maps = _SampleMaps(pred, target, valid, metric, sparse, scales, seam_lines)
     trim = torch.where(synthetic, 0.0, trim_fraction).to(pred)
     per_image = torch.zeros_like(trim)
     logged = {}
@@ -156,10 +162,11 @@ def depth_objective(
 class _SampleMaps:
     """A batch's prediction and target, raw and SSI-normalised, with derivative terms computed once per variant."""
 
-    def __init__(self, pred, target, valid, metric, sparse, scales: int) -> None:
+    def __init__(self, pred, target, valid, metric, sparse, scales: int, seam_lines: Sequence[int] = ()) -> None:
         self.raw = (pred, target)
         self.normalised = (ssi_normalize(pred, valid), ssi_normalize(target, valid))
         self.valid, self.metric, self.sparse, self.scales = valid, metric, sparse, scales
+        self.seam_lines = seam_lines
         self._derivatives: dict[bool, dict] = {}
 
     def pair(self, ssi: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,6 +180,9 @@ class _SampleMaps:
         """Per-image value of term `name` and whether it could be measured on each image."""
         if name in PIXEL_TERMS:
             return PIXEL_TERMS[name](*self.pair(ssi), self.valid, trim)
+        if name == "seam":
+            value, present = seam_excess(*self.pair(ssi), self.valid, self.seam_lines)
+            return value, present & ~self.sparse
         if ssi not in self._derivatives:
             self._derivatives[ssi] = derivative_losses(*self.pair(ssi), self.valid, self.scales)
         value, present = self._derivatives[ssi][name]

@@ -19,6 +19,9 @@ FULL_RES_OVERLAP = 0.25
 """Overlap of neighbouring windows at full resolution (5x5 windows at the default size)."""
 HALF_RES_OVERLAP = 0.5
 """Overlap of neighbouring windows at half resolution (3x3 windows at the default size)."""
+WINDOW_LEVELS = ((1.0, FULL_RES_OVERLAP), (0.5, HALF_RES_OVERLAP))
+"""(pyramid scale, window overlap) of the levels `MultiScaleEncoder` tiles into windows (the quarter-resolution
+level is one window: no seam)."""
 
 
 def downscale(x: torch.Tensor, factor: float) -> torch.Tensor:
@@ -59,6 +62,30 @@ def merge_windows(features: torch.Tensor, batch_size: int, trim: int) -> torch.T
     return torch.cat(rows, dim=-2)
 
 
+def window_trim(grid_size: int, overlap: float) -> int:
+    """Tokens `merge_windows` trims per inner seam: half of the window overlap, in tokens."""
+    return int(grid_size * overlap) // 2
+
+
+def seam_positions(cfg: DepthProConfig) -> tuple[int, ...]:
+    """Where the merged window features switch from one window to the next, as pixel edges of the network's
+    S x S output (S = `cfg.img_size`; edge p lies between pixels p - 1 and p), over every tiled level, ascending;
+    the same for rows and columns (the windows tile a square).
+
+    A level of scale s is s * S pixels wide, cut into windows of `vit_img_size` pixels (g tokens a side) at
+    `split_windows`' stride; `merge_windows` keeps g - t tokens of the first window and g - 2t of each inner
+    one (t = `window_trim`), so the k-th switch (k >= 1) follows (g - t) + (k - 1)(g - 2t) tokens, a token
+    being `patch_size / s` output pixels (the decoder upsamples every level back to S). `depth_pro_l`:
+    336, 624, 912, 1200 (5x5 windows at 1536) and 576, 960 (3x3 at 768)."""
+    window, grid = cfg.vit_img_size, cfg.grid_size
+    edges: set[int] = set()
+    for scale, overlap in WINDOW_LEVELS:
+        count = (round(cfg.img_size * scale) - window) // int(window * (1 - overlap)) + 1
+        trim = window_trim(grid, overlap)
+        edges |= {round((grid - trim + k * (grid - 2 * trim)) * cfg.patch_size / scale) for k in range(count - 1)}
+    return tuple(sorted(edges))
+
+
 def project_upsample(dim_in: int, dim_out: int, upsamplings: int, dim_mid: int | None = None) -> nn.Sequential:
     """1x1 projection followed by `upsamplings` stride-2 transposed convolutions (no biases)."""
     dim_mid = dim_mid or dim_out
@@ -92,10 +119,6 @@ class MultiScaleEncoder(nn.Module):
         self.upsample_lowres = nn.ConvTranspose2d(dim, dims[3], kernel_size=2, stride=2, bias=True)
         self.fuse_lowres = nn.Conv2d(2 * dims[3], dims[3], kernel_size=1, bias=True)
 
-    def _trim(self, overlap: float) -> int:
-        """Tokens trimmed per inner seam: half of the window overlap, in tokens."""
-        return int(self.cfg.grid_size * overlap) // 2
-
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Encode a (B, 3, 4v, 4v) image into the five decoder inputs."""
         batch = x.shape[0]
@@ -110,12 +133,12 @@ class MultiScaleEncoder(nn.Module):
         )
         final = tokens_to_map(final, self.patch_encoder)
         n_full = full_windows.shape[0]
-        full_trim = self._trim(FULL_RES_OVERLAP)
+        full_trim = window_trim(self.cfg.grid_size, FULL_RES_OVERLAP)
         latent0 = merge_windows(hooks[0][:n_full], batch, full_trim)
         latent1 = merge_windows(hooks[1][:n_full], batch, full_trim)
         full, half, lowres = final.split([n_full, half_windows.shape[0], batch])
         full = merge_windows(full, batch, full_trim)
-        half = merge_windows(half, batch, self._trim(HALF_RES_OVERLAP))
+        half = merge_windows(half, batch, window_trim(self.cfg.grid_size, HALF_RES_OVERLAP))
 
         global_features = tokens_to_map(self.image_encoder.forward_features(quarter), self.image_encoder)
         global_features = self.upsample_lowres(global_features)

@@ -13,6 +13,7 @@ from dp_train.evaluation.scoring import epoch_logs, first_image_panel, metric_co
 from dp_train.losses import Objective, depth_objective, fov_objective
 from dp_train.model import DepthProConfig, build_depth_pro, load_weights
 from dp_train.model.lora import LoraConfig, add_lora, merge_lora
+from dp_train.model.network import seam_positions
 from dp_train.model.parallelize import parallelize
 from dp_train.utils.ranges import POSITIVE, Range, check_ranges
 from dp_train.runtime.per_rank import gather_per_rank, own_entry, rng_state, set_rng_state
@@ -193,8 +194,8 @@ class DepthProModule(L.LightningModule):
             sequences = self.sequence_sources(split)
             for name in self.source_names(split):
                 if f"{split}__{name}" not in self.eval_metrics:
-                    self.eval_metrics[f"{split}__{name}"] = metric_collection(self.hparams.boundary_metrics,
-                                                                              name in sequences)
+                    self.eval_metrics[f"{split}__{name}"] = metric_collection(
+                        self.hparams.boundary_metrics, name in sequences, self.net.config)
 
     def configure_optimizers(self) -> dict:
         """AdamW (Adam at weight decay 0) with separate encoder / decoder learning rates; the LR schedule per step."""
@@ -234,6 +235,7 @@ class DepthProModule(L.LightningModule):
                 terms, per_image = depth_objective(
                     pred.float(), batch["target"], batch["valid"], batch["metric"], batch["synthetic"],
                     batch["sparse"], self.loss_weights, self.hparams.trim_fraction, self.hparams.derivative_scales,
+                    seam_positions(self.net.config),
                 )
         if self.teacher is None:
             return terms, per_image

@@ -169,3 +169,11 @@ def test_each_ablation_recipe_is_its_condition(condition):
         assert config["trainer"]["callbacks"][-1] == job("curriculum.yaml")["trainer"]["callbacks"][-1]
         return
     assert effective(config["model"]["loss"], kinds_of(config)) == CONDITIONS[condition]
+
+
+def test_finetuning_warns_when_the_window_seams_become_visible():
+    """finetune.yaml (ours, not the paper's) watches each validation source's seam ratio
+    (dp_train/evaluation/seam_watch.py)."""
+    callbacks = job("finetune.yaml")["trainer"]["callbacks"]
+    (watch,) = [c for c in callbacks if c["class_path"] == "dp_train.evaluation.seam_watch.SeamWatch"]
+    assert watch["init_args"]["factor"] > 1

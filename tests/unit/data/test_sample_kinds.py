@@ -134,7 +134,8 @@ def read_rows(path: Path) -> dict[str, dict[str, str]]:
 
 def test_test_scores_each_source_for_what_its_ground_truth_holds(tmp_path):
     """Metric depth: unaligned metrics and boundary F1; relative depth: aligned AbsRel / delta1 only; focal-only
-    photos: focal error; mattes: boundary recall; images with no pixel in range: counted and listed."""
+    photos: focal error; mattes: boundary recall; images with no pixel in range: counted and listed; the seam
+    ratio of every prediction, that of the ground truth where it holds depth."""
     metric = write_synthetic_shards(tmp_path / "m", "metric", 2, size=(64, 64), seed=3, progress=False)
     photos = write(tmp_path / "p", "photos", [depth_free(f"p-{i}") for i in range(2)])
     mattes = write(tmp_path / "a", "mattes", [depth_free(f"a-{i}", f_px=None, alpha=True) for i in range(2)])
@@ -152,6 +153,8 @@ def test_test_scores_each_source_for_what_its_ground_truth_holds(tmp_path):
     assert "boundary_recall" in finite["mattes"] and "abs_rel" not in finite["mattes"]
     assert rows["far"]["empty_images"] == "2" and rows["far"]["abs_rel"] == ""
     assert all(rows[name]["n_images"] == "2" for name in rows)
+    assert all("seam_ratio" in finite[name] for name in rows)  # the prediction's: every image has one
+    assert {name for name in rows if "seam_ratio_gt" in finite[name]} == {"metric", "relative"}  # dense depth
     report = (tmp_path / "report" / "report.md").read_text()
     assert "## 2 images with nothing to score" in report
 
