@@ -43,7 +43,8 @@ LIGHTNING_COMMANDS: dict[str, str] = {
 }
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("dp_train.inference.predict", "metric depth and focal length for images and videos with trained weights"),
-    "export": ("dp_train.inference.export", "write a training checkpoint's network as Apple-layout .pt or .safetensors"),
+    "export": ("dp_train.inference.export",
+               "write a training checkpoint's network as Apple-layout .pt / .safetensors, or as ONNX"),
     "make_shards": ("dp_train.convert.make_shards", "your folder of images + depth maps (or photos) -> shards"),
     "convert": ("dp_train.convert.public", "a public benchmark as downloaded (FORMAT: middlebury, ...) -> shards"),
     "synth": ("dp_train.synth.command", "procedural scenes with exact metric depth -> shards"),

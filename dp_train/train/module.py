@@ -135,6 +135,9 @@ class DepthProModule(L.LightningModule):
         freeze_for_mode(self.net, mode)
         if freeze_vit_norms:
             freeze_vit_layernorms(self.net)
+        if isinstance(lora, dict):  # as saved hyper-parameters give it back
+            lora = LoraConfig(**lora)
+        self.lora = lora
         if lora is not None:
             lora.check("model.lora")
             add_lora(self.net, lora)
@@ -163,7 +166,7 @@ class DepthProModule(L.LightningModule):
         earlier versions patched into the LR schedule (dp_train/train/schedules.py: `drop_legacy_state`); merge a
         LoRA checkpoint's factors when this module has none."""
         drop_legacy_state(checkpoint)
-        if self.hparams.lora is None:  # a LoRA run's checkpoint evaluated (validate, test) without LoRA
+        if self.lora is None:  # a LoRA run's checkpoint evaluated (validate, test) without LoRA
             checkpoint["state_dict"] = merge_lora(checkpoint["state_dict"])
         if "rng_per_rank" in checkpoint:
             self._resumed_rng = own_entry(checkpoint["rng_per_rank"], "RNG state")
@@ -205,7 +208,7 @@ class DepthProModule(L.LightningModule):
             total, restarts = int(self.trainer.estimated_stepping_batches), lr_restarts(self.trainer.callbacks)
         schedule = build_schedule(hp.lr_schedule, hp.warmup_steps, total, hp.min_lr_ratio, hp.decay_at, restarts)
         groups = parameter_groups(self.net, hp.lr_encoder, hp.lr_decoder, hp.weight_decay,
-                                  hp.lora.lr if hp.lora else None)
+                                  self.lora.lr if self.lora else None)
         rank_zero_info(trainable_summary(self.net))
         return adamw_per_step(groups, schedule)
 
