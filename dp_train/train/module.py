@@ -12,16 +12,16 @@ from torch import nn
 from dp_train.evaluation.scoring import epoch_logs, first_image_panel, metric_collection, real_images, score_batch
 from dp_train.losses import Objective, depth_objective, fov_objective
 from dp_train.model import DepthProConfig, build_depth_pro, load_weights
-from dp_train.model.lora import LoraConfig, add_lora, merge_lora
+from dp_train.model.lora import LoraConfig, merge_lora
 from dp_train.model.network import seam_positions
 from dp_train.model.parallelize import parallelize
 from dp_train.utils.ranges import POSITIVE, Range, check_ranges
 from dp_train.runtime.per_rank import gather_per_rank, own_entry, rng_state, set_rng_state
-from dp_train.train.optim import adamw_per_step, freeze_for_mode, freeze_vit_layernorms, parameter_groups
+from dp_train.train.optim import adamw_per_step, parameter_groups
 from dp_train.train.step_logs import TrainingLogs
 from dp_train.train.curriculum import lr_restarts
 from dp_train.train.distill import Teacher
-from dp_train.train.trainable import freeze_parts, trainable_summary
+from dp_train.train.trainable import prepare_trainable, trainable_summary
 from dp_train.train.schedules import build_schedule, drop_legacy_state
 
 MODEL_RANGES: dict[str, Range] = {
@@ -132,18 +132,7 @@ class DepthProModule(L.LightningModule):
         loss.check("model.loss")
         self.loss_weights = loss
         build_schedule(lr_schedule, warmup_steps, 1, min_lr_ratio, decay_at)  # refuse bad settings before any work
-        freeze_for_mode(self.net, mode)
-        if freeze_vit_norms:
-            freeze_vit_layernorms(self.net)
-        if isinstance(lora, dict):  # as saved hyper-parameters give it back
-            lora = LoraConfig(**lora)
-        self.lora = lora
-        if lora is not None:
-            lora.check("model.lora")
-            add_lora(self.net, lora)
-        freeze_parts(self.net, freeze or [])
-        if not any(param.requires_grad for param in self.net.parameters()):
-            raise ValueError(f"model.freeze={freeze} leaves nothing of the network to train in mode={mode!r}")
+        self.lora = prepare_trainable(self.net, mode, freeze_vit_norms, freeze or [], lora)
         self.teacher = Teacher(teacher, mode, teacher_weight, derivative_scales, fov_loss) if teacher else None
         self.eval_metrics = nn.ModuleDict()
         self._step_logs = TrainingLogs()
@@ -166,7 +155,7 @@ class DepthProModule(L.LightningModule):
         earlier versions patched into the LR schedule (dp_train/train/schedules.py: `drop_legacy_state`); merge a
         LoRA checkpoint's factors when this module has none."""
         drop_legacy_state(checkpoint)
-        if self.lora is None:  # a LoRA run's checkpoint evaluated (validate, test) without LoRA
+        if self.lora is None and "state_dict" in checkpoint:  # a LoRA run's checkpoint evaluated without LoRA
             checkpoint["state_dict"] = merge_lora(checkpoint["state_dict"])
         if "rng_per_rank" in checkpoint:
             self._resumed_rng = own_entry(checkpoint["rng_per_rank"], "RNG state")

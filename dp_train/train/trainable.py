@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from dp_train.model.lora import is_lora_parameter
+from dp_train.model.lora import LoraConfig, add_lora, is_lora_parameter
+from dp_train.train.optim import freeze_for_mode, freeze_vit_layernorms
 
 PARTS: dict[str, tuple[str, ...]] = {
     "patch_encoder": ("encoder.patch_encoder.",),
@@ -35,6 +36,25 @@ def freeze_parts(net: nn.Module, parts: list[str]) -> None:
     for name, param in net.named_parameters():
         if not is_lora_parameter(name) and part_of(name) in parts:
             param.requires_grad_(False)
+
+
+def prepare_trainable(net: nn.Module, mode: str, freeze_vit_norms: bool, freeze: list[str],
+                      lora: LoraConfig | dict | None) -> LoraConfig | None:
+    """Set what trains, in order: the mode's part (`fov` trains only the FOV head), the ViTs' LayerNorms frozen,
+    LoRA factors added (the adapted ViTs frozen), then `model.freeze`'s parts; gives back the LoRA config (saved
+    hyper-parameters give it back as a dict). A ValueError when nothing is left to train."""
+    freeze_for_mode(net, mode)
+    if freeze_vit_norms:
+        freeze_vit_layernorms(net)
+    if isinstance(lora, dict):
+        lora = LoraConfig(**lora)
+    if lora is not None:
+        lora.check("model.lora")
+        add_lora(net, lora)
+    freeze_parts(net, freeze)
+    if not any(param.requires_grad for param in net.parameters()):
+        raise ValueError(f"model.freeze={freeze} leaves nothing of the network to train in mode={mode!r}")
+    return lora
 
 
 def trainable_summary(net: nn.Module) -> str:

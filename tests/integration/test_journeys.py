@@ -515,5 +515,6 @@ def test_each_ablation_recipe_runs_two_steps_with_its_objective(paper_workspace,
         assert loss_terms(work, f"ablation_{ablation}") == weighted
     checkpoint = work / "runs" / "ablations" / ablation / "checkpoints" / "last.ckpt"
     hparams = torch.load(checkpoint, map_location="cpu", weights_only=True)["hyper_parameters"]
-    if loss is not None:
-        assert hparams["loss"] == loss
+    if loss is not None:  # the recipe's terms as it sets them; terms it does not name (ours) stay off
+        assert {term: hparams["loss"][term] for term in loss} == loss
+        assert all(hparams["loss"][term] == 0 for term in set(hparams["loss"]) - set(loss))
