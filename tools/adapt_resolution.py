@@ -103,7 +103,8 @@ def run_recipe(run: Path, row: Row, scenes: dict[str, Path], init: Path) -> Path
                  "train_sources": [{"name": "synth", "urls": str(scenes["synth_train"])},
                                    {"name": "real", "urls": str(scenes["real_train"])}],
                  "val_sources": [{"name": "synth_val", "urls": str(scenes["synth_val"])},
-                                 {"name": "real_val", "urls": str(scenes["real_val"])}]},
+                                 {"name": "real_val", "urls": str(scenes["real_val"])}],
+                 "guard_sources": []},
     }
     path = run / "run.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -11,6 +11,7 @@ from typing import Any
 
 from dp_train.train.curriculum import CurriculumCallback
 from dp_train.data.samples import check_source_use
+from dp_train.evaluation.guard import GuardedSelection
 from dp_train.model.parallelize import refuse_beside_fsdp
 
 
@@ -18,10 +19,13 @@ def check_recipe(subcommand: str | None, model: Any, datamodule: Any, trainer: A
     """Raise one ValueError for the first inconsistency of the instantiated recipe."""
     check_image_size(model, datamodule)
     check_weights("data.train_sources", datamodule.train_sources)
-    for key in ("train_sources", "val_sources", "test_sources"):
-        check_names(f"data.{key}", getattr(datamodule, key))
+    for key in ("train_sources", "val_sources", "test_sources", "guard_sources"):
         check_shard_lists(f"data.{key}", getattr(datamodule, key))
+    for key, split in (("train_sources", "train"), ("val_sources + data.guard_sources", "val"),
+                       ("test_sources", "test")):
+        check_names(f"data.{key}", datamodule.sources(split))
     check_sources_for(subcommand, datamodule)
+    check_guard(datamodule, trainer.callbacks)
     refuse_beside_fsdp(trainer.strategy, trainer.callbacks, getattr(model, "hparams", {}).get("lora"))
     if subcommand == "fit":
         check_checkpoint_dirs(trainer)
@@ -42,6 +46,20 @@ def check_sources_for(subcommand: str | None, datamodule: Any) -> None:
     key, kind = NEEDED_SOURCES.get(subcommand or "", (None, None))
     if key and not getattr(datamodule, key):
         raise ValueError(f"data.{key} is empty: {subcommand} needs at least one {kind} source")
+
+
+def check_guard(datamodule: Any, callbacks: list) -> None:
+    """Guard sets are never trained on (a guard set that is also a training source measures nothing), and
+    `GuardedSelection` has both kinds of validation source to compare."""
+    trained = {url for source in datamodule.train_sources for url in source.shard_urls()}
+    for source in datamodule.guard_sources:
+        if trained & set(source.shard_urls()):
+            raise ValueError(f"data.guard_sources: {source.name!r} reads shards that data.train_sources trains on: "
+                             "a guard set must be one the run never trains on")
+    if any(isinstance(c, GuardedSelection) for c in callbacks) and not (datamodule.val_sources
+                                                                           and datamodule.guard_sources):
+        raise ValueError("trainer.callbacks: GuardedSelection needs data.val_sources (in-domain) and "
+                         "data.guard_sources (sets the run never trains on)")
 
 
 def check_image_size(model: Any, datamodule: Any) -> None:

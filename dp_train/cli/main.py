@@ -31,6 +31,7 @@ from dp_train.runtime.checkpoint_io import AtomicCheckpointIO, CheckpointError, 
 from dp_train.cli.checks import check_recipe
 from dp_train.cli.recipe_file import RecipeFile
 from dp_train.cli.save_config import VersionedSaveConfig
+from dp_train.evaluation.guard import GuardedSelection
 from dp_train.runtime.preemption import Preempted, PreemptionCheckpoint
 from dp_train.runtime.scheduler_signals import SIGNALS
 from dp_train.runtime.wandb_run import start_wandb_service, use_stable_wandb_run
@@ -139,25 +140,25 @@ class DepthProCLI(LightningCLI):
             if self.subcommand in ("validate", "test"):
                 take_network_shape(config.model, recorded_shape(config.weights))
 
-    def _report(self) -> None:
-        if self.subcommand == "fit" and self.config.fit.report_validation:
-            self.trainer.validate(self.model, datamodule=self.datamodule)
-
     def before_fit(self) -> None:
         """Under `wandb agent`, a checkpoint folder per trial; the wandb service started safe from the
-        scheduler's signals; validation of the starting weights (with --report_validation). A global batch
-        size that does not fit the run is one error line before any work."""
+        scheduler's signals; validation of the starting weights (with --report_validation, and for a guarded run
+        that does not resume: `GuardedSelection` compares with it). A global batch size that does not fit the run
+        is one error line before any work."""
         try:
             self.datamodule.gradient_accumulation(self.trainer)
         except ValueError as err:
             raise RecipeError(str(err)) from None
         separate_sweep_checkpoints(self.trainer)
         start_wandb_service(self.trainer)
-        self._report()
+        guarded = any(isinstance(c, GuardedSelection) for c in self.trainer.callbacks)
+        if self.config.fit.report_validation or (guarded and not self.config.fit.ckpt_path):
+            self.trainer.validate(self.model, datamodule=self.datamodule)
 
     def after_fit(self) -> None:
         """Validation metrics of the trained weights (with --report_validation)."""
-        self._report()
+        if self.config.fit.report_validation:
+            self.trainer.validate(self.model, datamodule=self.datamodule)
 
 
 def take_network_shape(model, shape: dict) -> None:

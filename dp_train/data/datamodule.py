@@ -32,6 +32,8 @@ class DepthDataModule(L.LightningDataModule):
     Args:
         train_sources: datasets mixed for training, sample by sample, by weight.
         val_sources: datasets read once, in full, for validation.
+        guard_sources: datasets the run never trains on, validated after `val_sources` (ours): the zero-shot
+            quality a fine-tuning run must keep (dp_train/evaluation/guard.py: `GuardedSelection`).
         test_sources: benchmark datasets for `test` (read like validation).
         image_size: network input side (4 x the ViT input).
         batch_size: per-rank batch size.
@@ -58,6 +60,7 @@ class DepthDataModule(L.LightningDataModule):
         train_sources: list[SourceConfig] | None = None,
         val_sources: list[SourceConfig] | None = None,
         test_sources: list[SourceConfig] | None = None,
+        guard_sources: list[SourceConfig] | None = None,
         image_size: int = 1536,
         batch_size: int = 1,
         global_batch_size: int | None = None,
@@ -76,6 +79,7 @@ class DepthDataModule(L.LightningDataModule):
         self.train_sources = list(train_sources or [])
         self.val_sources = list(val_sources or [])
         self.test_sources = list(test_sources or [])
+        self.guard_sources = list(guard_sources or [])
         self.image_size = image_size
         self.batch_size = batch_size
         self.global_batch_size = global_batch_size
@@ -127,7 +131,7 @@ class DepthDataModule(L.LightningDataModule):
         rank, world_size = self._distribution()
         if stage == "fit" and self.trainer is not None and self.global_batch_size is not None:
             self.trainer.accumulate_grad_batches = self.gradient_accumulation(self.trainer)
-        for source in self.train_sources + self.val_sources + self.test_sources:
+        for source in self.train_sources + self.sources("val") + self.test_sources:
             source.check_local_shards()
         common = {"seed": self.seed, "max_bad_fraction": self.max_bad_fraction,
                   "read_timeout": self.shard_read_timeout}
@@ -136,8 +140,8 @@ class DepthDataModule(L.LightningDataModule):
                 self.train_sources, TrainTransform(self.image_size, self.augment), self.batch_size,
                 self.samples_per_epoch, shuffle_buffer=self.shuffle_buffer, use=self._training_use(), **common,
             )
-        if self.val_sources and self.val_stream is None:
-            self.val_stream = ValStream(self.val_sources, EvalTransform(self.image_size), self.val_batch_size, **common)
+        if self.sources("val") and self.val_stream is None:
+            self.val_stream = ValStream(self.sources("val"), EvalTransform(self.image_size), self.val_batch_size, **common)
         if self.test_sources and self.test_stream is None:
             self.test_stream = ValStream(self.test_sources, EvalTransform(self.image_size), self.val_batch_size, **common)
         for stream in (self.train_stream, self.val_stream, self.test_stream):
@@ -211,10 +215,15 @@ class DepthDataModule(L.LightningDataModule):
         """Normalise uint8 images to [-1, 1] on the device."""
         return normalize_images(batch)
 
+    def sources(self, split: str) -> list[SourceConfig]:
+        """A split's sources in batch `source` id order (`val`: the in-domain `val_sources`, then the
+        `guard_sources`, read as one stream; `guard`: those alone)."""
+        return {"train": self.train_sources, "val": self.val_sources + self.guard_sources,
+                "test": self.test_sources, "guard": self.guard_sources}[split]
+
     def source_names(self, split: str = "train") -> list[str]:
-        """Names of the sources in batch `source` id order."""
-        sources = {"train": self.train_sources, "val": self.val_sources, "test": self.test_sources}[split]
-        return [s.name for s in sources]
+        """Names of a split's sources in batch `source` id order."""
+        return [s.name for s in self.sources(split)]
 
     def set_mixture_schedule(self, schedule: list[tuple[int, dict[str, float]]]) -> None:
         """Set (first global batch, {source name: weight}) phases; unnamed sources get weight 0."""

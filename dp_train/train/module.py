@@ -177,8 +177,9 @@ class DepthProModule(L.LightningModule):
 
     def sequence_sources(self, split: str) -> set[str]:
         """Names of the sources whose samples are frames of clips (`sequence: true`): scored for temporal change."""
-        sources = getattr(getattr(self.trainer, "datamodule", None), f"{split}_sources", None) if self._trainer else None
-        return {s.name for s in sources or [] if getattr(s, "sequence", False)}
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        sources = datamodule.sources(split) if hasattr(datamodule, "sources") else []
+        return {s.name for s in sources if getattr(s, "sequence", False)}
 
     def setup(self, stage: str) -> None:
         """Create metric collections per evaluated source (registered before DDP wraps the module)."""

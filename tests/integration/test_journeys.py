@@ -184,7 +184,10 @@ def test_finetune_on_your_data_then_export_and_predict_metric_depth(tmp_path):
     # cannot read shard index". The held-out photos are converted to that set here.
     train = write_inhouse_folder(tmp_path / "my", range(7_000_000, 7_000_004), (144, 192))
     held_out = write_inhouse_folder(tmp_path / "my_val", range(7_100_000, 7_100_003), (96, 128))
-    for folder, dataset in (("my", "mydata"), ("my_val", "mydata_val")):
+    # finetune.yaml's guard sets are iBims-1 and ETH3D; the README's alternative, a held-out set of the user's own
+    # from another domain, stands in for them (its own scenes and size)
+    write_inhouse_folder(tmp_path / "my_other", range(7_150_000, 7_150_002), (128, 96))
+    for folder, dataset in (("my", "mydata"), ("my_val", "mydata_val"), ("my_other", "otherdomain")):
         done = run_command("make_shards", "--images", f"{tmp_path / folder}/rgb", "--depth",
                         f"{tmp_path / folder}/depth", "--units", "mm", "--png-scale", "1", "--focal-file",
                         f"{tmp_path / folder}/focals.csv", "--dataset", dataset, "--out", f"shards/{dataset}", cwd=work)
@@ -196,7 +199,9 @@ def test_finetune_on_your_data_then_export_and_predict_metric_depth(tmp_path):
         np.testing.assert_allclose(sample.depth[sample.valid], truth["depth_m"][sample.valid], rtol=1e-3)
 
     override = tiny_override(work / "tiny_override.yaml", "finetune", steps=2,
-                             model={"init_from": "weights/toy_start.safetensors"})
+                             model={"init_from": "weights/toy_start.safetensors"},
+                             data={"guard_sources": [{"name": "otherdomain",
+                                                      "urls": "shards/otherdomain/otherdomain.index.json"}]})
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)
         fit("--recipe", "recipes/finetune.yaml", "--recipe", str(override))
@@ -207,6 +212,7 @@ def test_finetune_on_your_data_then_export_and_predict_metric_depth(tmp_path):
         assert main(["predict", "--weights", "w.safetensors", "--input", str(tmp_path / "my_val" / "rgb"),
                      "--output", "out_fov_head"]) == 0
     assert sorted(logged(work, "finetune", "train/loss")) == [0, 1]
+    assert list(logged(work, "finetune", "val/otherdomain/abs_rel")) == [0]  # the guard's start, before training
 
     estimated = {Path(r["input"]).stem: r for r in json.loads((work / "out_fov_head/summary.json").read_text())["images"]}
     ratios = {}

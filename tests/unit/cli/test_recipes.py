@@ -177,3 +177,14 @@ def test_finetuning_warns_when_the_window_seams_become_visible():
     callbacks = job("finetune.yaml")["trainer"]["callbacks"]
     (watch,) = [c for c in callbacks if c["class_path"] == "dp_train.evaluation.seam_watch.SeamWatch"]
     assert watch["init_args"]["factor"] > 1
+
+
+def test_finetuning_is_guarded_by_default():
+    """finetune.yaml (ours) validates zero-shot sets it never trains on and keeps guarded-best.ckpt
+    (dp_train/evaluation/guard.py); its guard sets are none of its training sets."""
+    config = job("finetune.yaml")
+    (guard,) = [c for c in config["trainer"]["callbacks"]
+                if c["class_path"] == "dp_train.evaluation.guard.GuardedSelection"]
+    assert guard["init_args"]["metric"] == "abs_rel" and 0 < guard["init_args"]["tolerance"] < 0.1
+    guards = {s["urls"] for s in config["data"]["guard_sources"]}
+    assert guards and not guards & {s["urls"] for s in config["data"]["train_sources"] + config["data"]["val_sources"]}
