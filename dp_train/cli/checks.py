@@ -21,9 +21,9 @@ def check_recipe(subcommand: str | None, model: Any, datamodule: Any, trainer: A
     check_weights("data.train_sources", datamodule.train_sources)
     for key in ("train_sources", "val_sources", "test_sources", "guard_sources"):
         check_shard_lists(f"data.{key}", getattr(datamodule, key))
-    for key, split in (("train_sources", "train"), ("val_sources + data.guard_sources", "val"),
-                       ("test_sources", "test")):
-        check_names(f"data.{key}", datamodule.sources(split))
+    for key in ("train_sources", "val_sources", "test_sources"):
+        check_names(f"data.{key}", getattr(datamodule, key))
+    check_names("data.guard_sources", datamodule.sources("val"))  # one validation stream: names unique across both
     check_sources_for(subcommand, datamodule)
     check_guard(datamodule, trainer.callbacks)
     refuse_beside_fsdp(trainer.strategy, trainer.callbacks, getattr(model, "hparams", {}).get("lora"))

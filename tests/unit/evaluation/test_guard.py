@@ -141,7 +141,7 @@ def test_a_guarded_fit_validates_the_start_logs_the_guard_and_keeps_a_checkpoint
 
 @pytest.mark.parametrize(("guard", "callbacks", "message"), [
     ("train", (), "data.guard_sources: 'zero_shot' reads shards that data.train_sources trains on"),
-    ("home", (), "data.val_sources + data.guard_sources: more than one source is named 'home'"),
+    ("home", (), "data.guard_sources: more than one source is named 'home'"),
     ("none", (GUARD,), "trainer.callbacks: GuardedSelection needs data.val_sources (in-domain) and data.guard_sources"),
 ])
 def test_bad_guard_settings_are_one_error_line_before_any_work(tmp_path, shards, capsys, guard, callbacks, message):
