@@ -39,6 +39,7 @@ from dp_train.evaluation.boundary import BOUNDARY_WEIGHTS, si_boundary_f1_per_th
 from dp_train.evaluation.depth_accuracy import ALIGNED_METRIC_NAMES, depth_metrics
 from dp_train.evaluation.focal import focal_errors
 from dp_train.evaluation.seams import image_seam_sums, seam_inputs, seam_ratio
+from dp_train.evaluation.report_compare import read_figures, write_against_start
 from dp_train.model.network import seam_positions
 from dp_train.evaluation.report_files import (
     ALIGNED_COLUMNS,
@@ -125,10 +126,16 @@ class EvaluationReport(Callback):
         out_dir: folder for `report.md`, the CSV files and the PNG plots (created; files overwritten).
         worst_cases: how many images with the highest AbsRel the gallery shows.
         depth_bins: log-spaced ground-truth depth bins of the error-vs-depth curve.
+        baseline: an earlier report's folder (the starting weights' `test`): its figures go beside these, drops
+            flagged (dp_train/evaluation/report_compare.py). Read when the callback is built, so it may be `out_dir`.
+        drop_tolerance: the relative worsening flagged as a drop.
     """
 
-    def __init__(self, out_dir: str = "runs/eval/report", worst_cases: int = 8, depth_bins: int = 8) -> None:
+    def __init__(self, out_dir: str = "runs/eval/report", worst_cases: int = 8, depth_bins: int = 8,
+                 baseline: str | None = None, drop_tolerance: float = 0.02) -> None:
         self.out_dir = Path(out_dir)
+        self.baseline = read_figures(baseline) if baseline else None
+        self.drop_tolerance = drop_tolerance
         self.worst_cases = worst_cases
         self.depth_bins = depth_bins
         self._seam_lines: tuple[int, ...] = ()
@@ -206,3 +213,5 @@ class EvaluationReport(Callback):
         worst = sorted((w for part in gathered for w in part[2]), key=lambda w: -w["abs_rel"])[: self.worst_cases]
         datasets = [name for name in pl_module.source_names("test") if any(r["dataset"] == name for r in rows)]
         write_report(self.out_dir, rows, datasets, histograms, worst, self.depth_bins)
+        if self.baseline is not None:
+            write_against_start(self.out_dir, self.baseline, self.drop_tolerance)

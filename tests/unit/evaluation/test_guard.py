@@ -151,3 +151,42 @@ def test_bad_guard_settings_are_one_error_line_before_any_work(tmp_path, shards,
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith(("error:", "Traceback"))]
     assert len(errors) == 1 and errors[0].startswith(f"error: {message}")
     assert not (tmp_path / "logs").exists()
+
+
+# ---------------------------------------------------------------------------------------------- the report
+
+
+def summary_rows(abs_rel: dict[str, float], delta1: dict[str, float]) -> list[dict]:
+    """One per-image row per dataset with these AbsRel and δ1 values (every other column NaN)."""
+    from dp_train.evaluation.report_files import IMAGE_COLUMNS
+
+    return [dict.fromkeys(IMAGE_COLUMNS, math.nan) | {"dataset": name, "key": "0", "empty": 0,
+                                                       "abs_rel": abs_rel[name], "delta1": delta1[name]}
+            for name in abs_rel]
+
+
+def test_the_report_puts_the_start_beside_the_checkpoint_and_flags_drops(tmp_path):
+    from dp_train.evaluation.report import EvaluationReport
+    from dp_train.evaluation.report_compare import write_against_start
+    from dp_train.evaluation.report_files import write_report
+
+    write_report(tmp_path, summary_rows({"home": 0.4, "nyu": 0.1}, {"home": 0.5, "nyu": 0.9}), ["home", "nyu"], {}, [])
+    report = EvaluationReport(out_dir=str(tmp_path), baseline=str(tmp_path))  # read before it is overwritten
+    write_report(tmp_path, summary_rows({"home": 0.2, "nyu": 0.11}, {"home": 0.7, "nyu": 0.9}), ["home", "nyu"], {}, [])
+    write_against_start(tmp_path, report.baseline, report.drop_tolerance)
+    with open(tmp_path / "against_start.csv") as f:
+        rows = {(r["dataset"], r["metric"]): r for r in csv.DictReader(f)}
+    assert set(rows) == {(d, m) for d in ("home", "nyu") for m in ("abs_rel", "delta1")}  # NaN columns left out
+    assert float(rows["home", "abs_rel"]["change"]) == pytest.approx(-0.5)
+    assert float(rows["home", "delta1"]["change"]) == pytest.approx(-0.4)
+    assert float(rows["nyu", "abs_rel"]["change"]) == pytest.approx(0.1)
+    assert [key for key, r in rows.items() if r["drop"] == "True"] == [("nyu", "abs_rel")]
+    text = (tmp_path / "report.md").read_text()
+    assert "## Against the start" in text and "| nyu | abs_rel | 0.1 | 0.11 | +10.0 % | **DROP** |" in text
+
+
+def test_a_baseline_without_a_report_is_refused_naming_it(tmp_path):
+    from dp_train.evaluation.report import EvaluationReport
+
+    with pytest.raises(ValueError, match=f"baseline report {tmp_path}: no per_dataset.csv"):
+        EvaluationReport(baseline=str(tmp_path))
