@@ -188,3 +188,14 @@ def test_finetuning_is_guarded_by_default():
     assert guard["init_args"]["metric"] == "abs_rel" and 0 < guard["init_args"]["tolerance"] < 0.1
     guards = {s["urls"] for s in config["data"]["guard_sources"]}
     assert guards and not guards & {s["urls"] for s in config["data"]["train_sources"] + config["data"]["val_sources"]}
+
+
+def test_the_lora_recipe_adapts_the_vits_keeps_the_guard_and_writes_its_own_checkpoints():
+    """finetune_lora.yaml (ours) layered on finetune.yaml: LoRA of the patch and image encoders, the guard kept,
+    checkpoints in its own folder (never finetune.yaml's)."""
+    config = job("finetune.yaml", "finetune_lora.yaml")
+    assert config["model"]["lora"]["encoders"] == ["patch_encoder", "image_encoder"] and config["model"]["lora"]["rank"] > 0
+    callbacks = config["trainer"]["callbacks"]
+    assert any(c["class_path"] == "dp_train.evaluation.guard.GuardedSelection" for c in callbacks)
+    dirs = [c["init_args"]["dirpath"] for c in callbacks if c.get("init_args", {}).get("dirpath")]
+    assert dirs and all(d.startswith("runs/finetune_lora/") for d in dirs)
