@@ -14,7 +14,9 @@ guard set is within `--tolerance`, and its file is the one to export.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import io
 import json
 import sys
 from pathlib import Path
@@ -41,12 +43,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def source_names(recipes: list[Path]) -> tuple[list[str], list[str]]:
-    """(in-domain, guard) source names as the recipes give them (a later recipe's list replaces an earlier one)."""
-    data: dict = {}
-    for recipe in recipes:
-        data |= {k: v for k, v in (yaml.safe_load(recipe.read_text()) or {}).get("data", {}).items()
-                 if k in ("val_sources", "guard_sources")}
-    return ([s["name"] for s in data.get("val_sources", [])], [s["name"] for s in data.get("guard_sources", [])])
+    """(in-domain, guard) source names of the job the recipes give, as `validate --print_config` prints it."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.suppress(SystemExit):
+        dp_train(["validate", *(w for r in recipes for w in ("--recipe", str(r))), "--print_config"])
+    data = (yaml.safe_load(printed.getvalue()) or {}).get("data") or {}
+    return ([s["name"] for s in data.get("val_sources") or []], [s["name"] for s in data.get("guard_sources") or []])
 
 
 def validate(args: argparse.Namespace, alpha: float) -> dict[str, float]:
