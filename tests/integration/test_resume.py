@@ -1,6 +1,7 @@
 """A run killed with SIGKILL at any moment and restarted with `--ckpt_path last` ends exactly where an
-uninterrupted run ends: same samples from the stream, optimizer, schedule, EMA, curriculum and RNG. A rank
-killed alone takes every process of its run with it."""
+uninterrupted run ends: same samples from the stream, optimizer, schedule, EMA, curriculum and RNG (the 2-process
+run fine-tunes with LoRA and frozen heads, so LoRA's factors, their optimizer state and the merge on export are held
+to the same bar). A rank killed alone takes every process of its run with it."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ import yaml
 
 from dp_train.cli.main import main
 from dp_train.data.sources import SourceConfig
+from dp_train.model import load_weights
 from dp_train.runtime.checkpoint_io import AtomicCheckpointIO, CheckpointError
+from dp_train.train.module import build_network
 from tests.helpers.kill_and_resume import (  # noqa: F401 - resume_shards: the fixture `shards`
     EPOCH,
     assert_same_states,
@@ -52,6 +55,13 @@ KILLS: list[tuple[str, Callable[[Path, int], Callable[[], bool]], int, set[int]]
 """The kills of one run: when, the moment (from `run` and a step), and the checkpoint steps it may resume from."""
 
 
+LORA = {"lora": {"rank": 4, "alpha": 8.0, "encoders": ["patch_encoder", "image_encoder"], "lr": 1e-3},
+        "freeze": ["heads"]}
+"""The 2-process run's fine-tuning: LoRA factors in both encoders, heads frozen, the decoder trained in full."""
+
+MODEL_BY_DEVICES: dict[int, dict[str, Any] | None] = {1: None, 2: LORA}
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, shards) -> Callable[[int], dict[str, Any]]:
     """Final states of uninterrupted runs, by number of processes (computed on first use)."""
@@ -60,8 +70,8 @@ def uninterrupted(tmp_path_factory, shards) -> Callable[[int], dict[str, Any]]:
     def get(devices: int) -> dict[str, Any]:
         if devices not in cache:
             run = tmp_path_factory.mktemp(f"uninterrupted{devices}")
-            assert start_fit(run, resume_recipe(run, shards, devices)).wait(timeout=600) == 0, (
-                (run / "log.txt").read_text()[-3000:])
+            recipe = resume_recipe(run, shards, devices, MODEL_BY_DEVICES[devices])
+            assert start_fit(run, recipe).wait(timeout=600) == 0, (run / "log.txt").read_text()[-3000:]
             cache[devices] = final_state(run)
         return cache[devices]
 
@@ -69,12 +79,13 @@ def uninterrupted(tmp_path_factory, shards) -> Callable[[int], dict[str, Any]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("devices", [1, 2], ids=["single", "ddp2"])
+@pytest.mark.parametrize("devices", [1, 2], ids=["single", "ddp2_lora"])
 def test_a_run_killed_at_any_moment_resumes_exactly(tmp_path, shards, uninterrupted, devices):
     """Killed from outside twice (after the epoch-end checkpoint before the switch; while saving after it, so
     resumed from the epoch-end or the mid-epoch checkpoint after it), resumed each time with `--ckpt_path last`:
-    the end state is the uninterrupted run's."""
-    recipe = resume_recipe(tmp_path, shards, devices)
+    the end state is the uninterrupted run's. The LoRA run's last checkpoint exports with the factors merged into
+    a file that loads strictly into Apple's layout."""
+    recipe = resume_recipe(tmp_path, shards, devices, MODEL_BY_DEVICES[devices])
     process, history = start_fit(tmp_path, recipe), []
     for when, moment, step, resumes_from in KILLS:
         saved = kill_when(tmp_path, process, moment(tmp_path, step))
@@ -83,6 +94,12 @@ def test_a_run_killed_at_any_moment_resumes_exactly(tmp_path, shards, uninterrup
         process = start_fit(tmp_path, recipe, "--ckpt_path", "last")
     assert process.wait(timeout=600) == 0, (tmp_path / "log.txt").read_text()[-3000:]
     assert_same_states(final_state(tmp_path), uninterrupted(devices), "; ".join(history))
+    if MODEL_BY_DEVICES[devices] is LORA:
+        assert "trainable parameters:" in (tmp_path / "log.txt").read_text()
+        out = tmp_path / "merged.pt"
+        assert main(["export", "--ckpt", str(tmp_path / "ckpt" / "last.ckpt"), "--out", str(out)]) == 0
+        network = {"vit_img_size": 128, "decoder_features": 16, "encoder_feature_dims": [8, 16, 32, 32]}
+        load_weights(build_network("tiny", network), out, strict=True)
 
 
 def session_processes(session: int) -> dict[int, str]:

@@ -1,7 +1,8 @@
 """Fine-tuning by part: `model.freeze` keeps named parts as loaded and out of the optimizer; `model.lora` starts as
-the loaded network, trains only its low-rank factors in the adapted ViTs, resumes exactly under DDP and merges into
+the loaded network, trains only its low-rank factors in the adapted ViTs and merges into
 Apple's layout wherever weights are read (export, `init_from`, evaluating its checkpoint without LoRA); the start
-of a run says what trains; `export --interpolate-from` mixes start and fine-tuned weights exactly."""
+of a run says what trains; `export --interpolate-from` mixes start and fine-tuned weights exactly. Exact resume of a
+LoRA run under DDP: tests/integration/test_resume.py."""
 
 from __future__ import annotations
 
@@ -16,15 +17,6 @@ from dp_train.model.parallelize import refuse_beside_fsdp
 from dp_train.model.weights import read_state_dict
 from dp_train.train.module import DepthProModule, build_network
 from dp_train.train.trainable import PARTS, trainable_summary
-from tests.helpers.kill_and_resume import (  # noqa: F401 - resume_shards: the fixture `shards`
-    assert_same_states,
-    final_state,
-    kill_when,
-    resume_recipe,
-    resume_shards,
-    start_fit,
-    step_done,
-)
 
 NETWORK = {"vit_img_size": 128, "decoder_features": 16, "encoder_feature_dims": [8, 16, 32, 32], "fov_head": True}
 LORA = {"rank": 4, "alpha": 8.0, "encoders": ["patch_encoder", "image_encoder"], "lr": 1e-3}
@@ -162,24 +154,3 @@ def test_a_bad_interpolation_is_one_error_line_and_writes_nothing(tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and message in err[0]
     assert not (tmp_path / "out.pt").exists()
-
-
-@pytest.mark.slow
-def test_a_lora_run_under_ddp_killed_and_resumed_ends_as_an_uninterrupted_one_and_exports_apples_layout(
-        tmp_path, shards):
-    lora = {"lora": LORA, "freeze": ["heads"]}
-    whole = tmp_path / "whole"
-    whole.mkdir()
-    assert start_fit(whole, resume_recipe(whole, shards, 2, lora)).wait(timeout=600) == 0, \
-        (whole / "log.txt").read_text()[-3000:]
-    assert "trainable parameters:" in (whole / "log.txt").read_text()
-    cut = tmp_path / "cut"
-    cut.mkdir()
-    recipe = resume_recipe(cut, shards, 2, lora)
-    assert kill_when(cut, start_fit(cut, recipe), step_done(cut, 5)) == 4
-    assert start_fit(cut, recipe, "--ckpt_path", "last").wait(timeout=600) == 0, (cut / "log.txt").read_text()[-3000:]
-    assert_same_states(final_state(cut), final_state(whole), "LoRA run killed after step 5, resumed from step 4")
-    out = tmp_path / "merged.pt"
-    assert main(["export", "--ckpt", str(whole / "ckpt" / "last.ckpt"), "--out", str(out)]) == 0
-    plain = build_network("tiny", {k: v for k, v in NETWORK.items() if k != "fov_head"})
-    load_weights(plain, out, strict=True)
