@@ -114,7 +114,9 @@ class DepthProCLI(LightningCLI):
         )
         parser.add_argument(
             "--weights", type=str | None, default=None,
-            help="network weights (Apple's depth_pro.pt, a .safetensors or a .ckpt): shorthand for --model.init_from",
+            help="network weights (Apple's depth_pro.pt, a .safetensors or a .ckpt): shorthand for --model.init_from; "
+                 "validate and test build the network shape the file records (to score it at another input size, "
+                 "give --model.init_from FILE --model.network.vit_img_size PX instead)",
         )
 
     def instantiate_classes(self) -> None:

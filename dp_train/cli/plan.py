@@ -104,7 +104,8 @@ def plan_text(recipe: dict[str, Any], names: list[str], gpus: int | None, utilis
     if data.get("image_size", cfg.img_size) != cfg.img_size:
         raise ValueError(f"data.image_size={data['image_size']} is not the network's input {cfg.img_size}")
     setting = setting_of(recipe, gpus)
-    planner = Planner(cfg, model.get("mode", "depth"), model.get("freeze_vit_norms", True))
+    planner = Planner(cfg, model.get("mode", "depth"), model.get("freeze_vit_norms", True), model.get("freeze"),
+                      model.get("lora"))
     steps = int((recipe.get("trainer") or {}).get("max_steps", 0))
     flops = planner.flops_per_sample(setting.precision, setting.checkpointing)
     lines = [f"network: {model.get('preset', 'depth_pro_l')}, {planner.parameter_count / 1e6:.0f} M parameters "

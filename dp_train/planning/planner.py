@@ -15,7 +15,7 @@ from dp_train.model import DepthProConfig
 from dp_train.model.parallelize import blocks
 from dp_train.planning.gpus import USABLE_FRACTION, Gpu, utilisation
 from dp_train.planning.trace import fake_network, trace_step
-from dp_train.train.optim import freeze_for_mode, freeze_vit_layernorms
+from dp_train.train.trainable import prepare_trainable
 
 GIB = 2**30
 
@@ -59,17 +59,18 @@ class Memory:
 
 
 class Planner:
-    """The network of a recipe (`cfg`, training `mode`, frozen ViT norms or not; `mode=None`: every parameter
-    trains, as in tools/bench_gpu.py), traced on demand: a fake network, one trace per (batch 1 and 2) x precision
-    x checkpointing, activations linear in the batch between and beyond them."""
+    """The network of a recipe (`cfg`; what trains as the run sets it: training `mode`, frozen ViT norms,
+    `model.freeze`'s parts and `model.lora`'s factors; `mode=None`: every parameter trains, as in
+    tools/bench_gpu.py), traced on demand: a fake network, one trace per (batch 1 and 2) x precision x
+    checkpointing, activations linear in the batch between and beyond them."""
 
-    def __init__(self, cfg: DepthProConfig, mode: str | None = "depth", freeze_vit_norms: bool = True) -> None:
+    def __init__(self, cfg: DepthProConfig, mode: str | None = "depth", freeze_vit_norms: bool = True,
+                 freeze: list[str] | None = None, lora: dict | None = None) -> None:
         self.fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
         self.network = fake_network(cfg, self.fake_mode)
         if mode is not None:
-            freeze_for_mode(self.network, mode)
-        if freeze_vit_norms:
-            freeze_vit_layernorms(self.network)
+            with self.fake_mode:  # LoRA's factors are fake too
+                prepare_trainable(self.network, mode, freeze_vit_norms, freeze or [], lora)
         params = list(self.network.parameters())
         self.parameter_count = sum(p.numel() for p in params)
         self.trainable_count = sum(p.numel() for p in params if p.requires_grad)

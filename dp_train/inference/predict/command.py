@@ -78,7 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--vit-img-size", type=int, default=None, metavar="PX",
-        help="override the ViT input size (network input is 4x this); must match the weights",
+        help="ViT input size (network input is 4x this); weights trained at another size load with their ViTs' "
+             "position embeddings resampled (one line on stderr): e.g. 256 runs depth_pro.pt at 1024 x 1024",
     )
     parser.add_argument(
         "--f-px", type=float, default=None, metavar="F", help="focal length in pixels for every image and clip"

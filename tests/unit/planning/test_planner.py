@@ -114,6 +114,25 @@ def test_memory_parts_follow_the_strategy():
     assert checkpointed.parameters == planner.memory(ddp).parameters
 
 
+def test_frozen_parts_and_lora_are_planned_as_the_run_trains_them():
+    """A run that freezes the decoder, or trains LoRA factors instead of the encoders, is planned with the gradients
+    and AdamW state of what it trains (the count the run's first line gives): fewer of both than full
+    fine-tuning; the frozen weights are still held."""
+    from dp_train.train.trainable import prepare_trainable, trainable_summary
+
+    full = Planner(CFG)
+    setting = Setting(batch=1, accumulation=1, gpus=1, precision="32-true", checkpointing=False, strategy="auto")
+    lora = {"rank": 4, "alpha": 8.0, "encoders": ["patch_encoder", "image_encoder"]}
+    for freeze, adapt in ((["decoder"], None), (["heads"], lora)):
+        planner = Planner(CFG, freeze=freeze, lora=adapt)
+        real = build_depth_pro(CFG)
+        prepare_trainable(real, "depth", True, freeze, dict(adapt) if adapt else None)
+        assert planner.trainable_count == sum(p.numel() for p in real.parameters() if p.requires_grad)
+        assert f"{planner.trainable_count / 1e6:.2f} M" in trainable_summary(real)
+        assert planner.memory(setting).optimizer == 8 * planner.trainable_count < full.memory(setting).optimizer
+        assert planner.memory(setting).parameters >= full.memory(setting).parameters
+
+
 def test_a_setting_that_does_not_fit_is_answered_with_the_fastest_that_does():
     """On a GPU too small for the recipe's step, the answer keeps the global batch and fits; none is offered
     when even the smallest step does not fit."""
