@@ -34,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -68,6 +69,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def below_one(args: argparse.Namespace, *names: str) -> str | None:
+    """The error message of the first named count option below 1, or None."""
+    for name in names:
+        if getattr(args, name) < 1:
+            return f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}"
+    return None
+
+
+def options_or_error(args: argparse.Namespace, check: Callable[[argparse.Namespace], str | None]) -> bool:
+    """Whether `check` passes `args`; prints its one `error:` line when not (the tools then exit 2)."""
+    problem = check(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+    return not problem
+
+
 def add_scene_options(p: argparse.ArgumentParser, train: int, val: int, work_dir: str, per: str = "") -> None:
     """The options a toy-scale tool shares: how many scenes of which size, where they and the runs go, the output."""
     p.add_argument("--train", type=int, default=train, help=f"training scenes{per} (default {train})")
@@ -80,9 +97,9 @@ def add_scene_options(p: argparse.ArgumentParser, train: int, val: int, work_dir
 
 def check_args(args: argparse.Namespace) -> str | None:
     """The first bad option as an error message, or None."""
-    for name in ("seeds", "steps", "fov_steps", "train", "val"):
-        if getattr(args, name) < 1:
-            return f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}"
+    problem = below_one(args, "seeds", "steps", "fov_steps", "train", "val")
+    if problem:
+        return problem
     if args.steps < 2:
         return "--steps must be >= 2 (2A and 3C switch stages half-way)"
     if args.size < 32:
@@ -269,9 +286,7 @@ def load(path: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Render (or reuse) the scenes, run every condition and seed, print the table; returns the exit code."""
     args = parse_args(argv)
-    problem = check_args(args)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
+    if not options_or_error(args, check_args):
         return 2
     started = time.monotonic()
     scenes = make_scenes(args)

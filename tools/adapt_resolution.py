@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from ablate import make_scenes, run_dp_train
+from ablate import below_one, make_scenes, run_dp_train
 from dp_train.inference.predict import load_model
 from dp_train.model.weights import read_weights
 
@@ -77,9 +77,9 @@ def native_vit(args: argparse.Namespace) -> int | str:
     network = read_weights(args.init)[1].get("network", {})
     if "vit_img_size" not in network:
         return f"--init {args.init}: records no vit_img_size (a .safetensors written by export / save_weights)"
-    for name in ("steps", "train", "val", "repeats"):
-        if getattr(args, name) < 1:
-            return f"--{name} must be >= 1, got {getattr(args, name)}"
+    problem = below_one(args, "steps", "train", "val", "repeats")
+    if problem:
+        return problem
     if args.vit_img_size % 128 or args.vit_img_size == network["vit_img_size"]:
         return f"--vit-img-size must be a multiple of 128 other than the start's {network['vit_img_size']}"
     return network["vit_img_size"]

@@ -65,9 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_args(args: argparse.Namespace) -> str | None:
     """The first bad option as an error message, or None."""
-    for name in ("steps", "train", "val"):
-        if getattr(args, name) < 1:
-            return f"--{name} must be >= 1, got {getattr(args, name)}"
+    problem = ablate.below_one(args, "steps", "train", "val")
+    if problem:
+        return problem
     if args.size < 32:
         return f"--size must be >= 32, got {args.size}"
     if not args.teacher.is_file():
@@ -229,9 +229,7 @@ def markdown(result: dict[str, dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Render (or reuse) the scenes, train and score, print the tables; returns the exit code."""
     args = parse_args(argv)
-    problem = check_args(args)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
+    if not ablate.options_or_error(args, check_args):
         return 2
     started = time.monotonic()
     try:

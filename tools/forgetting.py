@@ -76,9 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_args(args: argparse.Namespace) -> str | None:
     """The first bad option as an error message, or None."""
-    for name in ("seeds", "train", "val"):
-        if getattr(args, name) < 1:
-            return f"--{name} must be >= 1, got {getattr(args, name)}"
+    problem = ablate.below_one(args, "seeds", "train", "val")
+    if problem:
+        return problem
     if args.steps < 4:
         return f"--steps must be >= 4 (the runs validate 4 times), got {args.steps}"
     if not args.init.is_file():
@@ -238,9 +238,7 @@ def markdown(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Render (or reuse) the scenes, score the start, run every seed, print the table; returns the exit code."""
     args = parse_args(argv)
-    problem = check_args(args)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
+    if not ablate.options_or_error(args, check_args):
         return 2
     began = time.monotonic()
     scenes = ablate.make_scenes(args, SCENE_SEEDS)
