@@ -59,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of both students (data order, init, augmentation)")
     p.add_argument("--teacher", type=Path, default=REPO / "weights" / "toy_start.safetensors",
                    help="the teacher's weights (default weights/toy_start.safetensors)")
+    p.add_argument("--teacher-far", type=float, default=None,
+                   help="model.teacher_far of the distilled student (default: the recipe's)")
     ablate.add_scene_options(p, 200, 32, "distill_toy")
     return p.parse_args(argv)
 
@@ -70,6 +72,8 @@ def check_args(args: argparse.Namespace) -> str | None:
         return problem
     if args.size < 32:
         return f"--size must be >= 32, got {args.size}"
+    if args.teacher_far is not None and not args.teacher_far > 0:
+        return f"--teacher-far must be > 0 (a canonical depth in metres), got {args.teacher_far}"
     if not args.teacher.is_file():
         return f"--teacher {args.teacher}: no such file"
     return None
@@ -101,6 +105,14 @@ def image_files(index: Path, folder: Path) -> Path:
     return folder
 
 
+def model_keys(teacher: Path | None, far: float | None) -> dict:
+    """A student run's `model` keys: none of a teacher for the ground-truth student; the distilled one's teacher
+    and, when given, its `teacher_far` (otherwise the recipe's)."""
+    if teacher is None:
+        return {"teacher": None}
+    return {"teacher": str(teacher)} | ({} if far is None else {"teacher_far": far})
+
+
 def student_recipe(run: Path, args: argparse.Namespace, source: Path, teacher: Path | None) -> Path:
     """The last recipe of a student run: its seed, length, data, teacher, logger and checkpoint."""
     run.mkdir(parents=True)
@@ -112,7 +124,7 @@ def student_recipe(run: Path, args: argparse.Namespace, source: Path, teacher: P
                     "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                                    "init_args": {"dirpath": str(run / "checkpoints"), "save_last": True,
                                                  "save_top_k": 0}}]},
-        "model": {"teacher": None if teacher is None else str(teacher)},
+        "model": model_keys(teacher, args.teacher_far),
         "data": {"seed": args.seed, "train_sources": [{"name": source.parent.name, "urls": str(source)}]},
     }
     path = run / "run.yaml"

@@ -14,6 +14,11 @@ Choices, ours:
   scale, the only scale an image-only sample has. MAGE because the teacher's map is dense, like a synthetic ground
   truth, so every derivative is defined, and it passes on the teacher's edges. (A log-space L1 would weigh far
   pixels as much as near ones; MAE on inverse depth weighs near pixels more, as the depth objective does.)
+- `model.teacher_far` (ours): pixels the teacher places beyond this canonical depth (1 / C, metres at f_px = W)
+  get no teacher term. A teacher's labels are least reliable where its own ground truth had none: sky and beyond
+  the sensors' range are invalid in most depth sets, and a network extrapolates there (the toy start gives sky
+  canonical depths of 16-41 m, and its sky pulled a toy student's whole map far: results/distillation.md, where
+  `teacher_far: 10` takes the student's AbsRel from 1.04 to 0.58).
 - In `mode="fov"`: the FOV loss (`model.fov_loss`) with the teacher's FOV as the target (a teacher with an FOV
   head is then required). In depth mode the FOV head is frozen and gets no teacher term.
 - Sizes: the student's image batch is resized (bilinear) to the teacher's input and the teacher's map back to the
@@ -28,6 +33,7 @@ student's device at its first batch and runs under the step's autocast; a copy o
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -68,9 +74,12 @@ def resized(x: torch.Tensor, size: int) -> torch.Tensor:
 class Teacher:
     """A frozen teacher and the term that matches the student to it (see the module docstring)."""
 
-    def __init__(self, path: str | Path, mode: str, weight: float, scales: int, fov_loss: str) -> None:
+    def __init__(self, path: str | Path, mode: str, weight: float, scales: int, fov_loss: str,
+                 far: float | None = None) -> None:
+        if far is not None and not (math.isfinite(far) and far > 0):
+            raise ValueError(f"model.teacher_far={far}: must be > 0 (a canonical depth in metres) or null")
         self.net = load_teacher(path, mode)
-        self.mode, self.weight, self.scales, self.fov_loss = mode, weight, scales, fov_loss
+        self.mode, self.weight, self.scales, self.fov_loss, self.far = mode, weight, scales, fov_loss, far
 
     def __deepcopy__(self, memo: dict) -> Teacher:
         """Shared, not copied: a copy of the student (EMA's averaged model) needs no second frozen network."""
@@ -96,9 +105,9 @@ class Teacher:
                 teacher_f_px = 0.5 * width / torch.tan(torch.deg2rad(target_fov.float()) / 2)
                 matched, per = fov_objective(fov.float(), teacher_f_px, width, self.fov_loss)
             else:
-                everywhere = torch.ones_like(target, dtype=torch.bool)
+                near = target * self.far >= 1 if self.far else torch.ones_like(target, dtype=torch.bool)
                 flags = torch.ones(len(target), dtype=torch.bool, device=target.device)
-                matched, per = depth_objective(pred.float(), target, everywhere, flags, flags, ~flags,
+                matched, per = depth_objective(pred.float(), target, near, flags, flags, ~flags,
                                                TEACHER_OBJECTIVE, 0.0, self.scales)
         total = terms["loss"] + self.weight * matched["loss"]
         return terms | {"teacher": matched["loss"], "loss": total}, per_image + self.weight * per

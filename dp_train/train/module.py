@@ -86,6 +86,8 @@ class DepthProModule(L.LightningModule):
             shape the file records): every training image gets a term matching the teacher's outputs, so image-only
             shards train too (dp_train/train/distill.py; never in the optimizer or the checkpoint).
         teacher_weight: weight of the teacher term next to the ground-truth objective.
+        teacher_far: pixels the teacher places farther than this canonical depth (1 / its canonical inverse depth,
+            metres at f_px = W) get no teacher term (ours; None: every pixel).
         freeze: parts of the network kept as loaded (ours): `patch_encoder`, `image_encoder`, `fov_encoder`,
             `decoder`, `heads` (dp_train/train/trainable.py).
         lora: low-rank adaptation of the ViTs (ours; dp_train/model/lora.py): the adapted ViTs are frozen and only
@@ -119,6 +121,7 @@ class DepthProModule(L.LightningModule):
         log_images_every_n_val_steps: int = 20,
         teacher: str | None = None,
         teacher_weight: float = 1.0,
+        teacher_far: float | None = None,
         freeze: list[str] | None = None,
         lora: LoraConfig | None = None,
     ) -> None:
@@ -133,7 +136,8 @@ class DepthProModule(L.LightningModule):
         self.loss_weights = loss
         build_schedule(lr_schedule, warmup_steps, 1, min_lr_ratio, decay_at)  # refuse bad settings before any work
         self.lora = prepare_trainable(self.net, mode, freeze_vit_norms, freeze or [], lora)
-        self.teacher = Teacher(teacher, mode, teacher_weight, derivative_scales, fov_loss) if teacher else None
+        self.teacher = (Teacher(teacher, mode, teacher_weight, derivative_scales, fov_loss, teacher_far)
+                        if teacher else None)
         self.eval_metrics = nn.ModuleDict()
         self._step_logs = TrainingLogs()
         self._resumed_rng: dict[str, Any] | None = None

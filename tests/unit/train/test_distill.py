@@ -100,6 +100,27 @@ def test_in_fov_mode_the_teacher_term_matches_the_fov_and_moves_the_fov_head_onl
     assert moved and all(name.startswith("fov.") for name in moved)
 
 
+def test_teacher_far_drops_the_teachers_far_labels_from_its_term(tmp_path, monkeypatch):
+    """With `teacher_far`, pixels the teacher places beyond that canonical depth carry no teacher term: the term
+    is the one of the near pixels alone, whatever the teacher says beyond; an image all far gives a zero term."""
+    module = DepthProModule(preset="tiny", network=STUDENT, teacher=str(weights_file(tmp_path / "t.safetensors", 4)),
+                            teacher_far=10.0)
+    near = torch.full((1, 1, 512, 512), 0.5)  # canonical depth 2 m
+    student = torch.full_like(near, 0.4)  # off the near labels: their term is > 0
+    labels = {"half far": near.clone(), "far sky": near.clone(), "all far": torch.full_like(near, 0.01)}
+    labels["half far"][..., :256] = 0.05  # 20 m: beyond 10
+    labels["far sky"][..., :256] = 0.001  # 1000 m
+    terms = {}
+    for name, label in labels.items():
+        monkeypatch.setattr(module.teacher, "targets", lambda image, label=label: (label, None))
+        terms[name], _ = module.teacher.add_term({"loss": torch.tensor(0.0)}, torch.zeros(1), batch()["image"],
+                                                 student, None)
+    assert terms["half far"]["teacher"] == terms["far sky"]["teacher"] > 0  # the left half differs: ignored
+    assert terms["all far"]["teacher"] == 0
+    with pytest.raises(ValueError, match=r"model.teacher_far=0.0: must be > 0"):
+        DepthProModule(preset="tiny", network=STUDENT, teacher=str(tmp_path / "t.safetensors"), teacher_far=0.0)
+
+
 def test_images_are_resized_for_a_teacher_of_another_size_without_changing_the_values():
     """Canonical inverse depth f / (W D) does not change with a square image's size: a map is resized, never
     rescaled (a constant map stays the same constant both ways)."""
