@@ -8,7 +8,8 @@ scale-invariant boundary F1 (metric, non-sparse depth; pairs with an invalid
 pixel left out) in total and per ratio threshold; the boundary recall (images
 with a matte); the seam ratio of the prediction and of its ground truth
 (dp_train/evaluation/seams.py: at the network's resolution, where the window seams lie); predicted and
-true focal length; the absolute relative error binned by ground-truth depth;
+true focal length; the absolute relative error binned by ground-truth depth; per dataset, a sequence source's
+temporal change (dp_train/evaluation/temporal.py);
 and the worst images by AbsRel as RGB | GT | prediction | error panels. At the
 end everything is gathered to rank 0, which writes into `out_dir`:
 `report.md`, `per_image.csv`, `per_dataset.csv`, `error_vs_depth.csv`, the
@@ -119,6 +120,19 @@ def worst_case_panel(image: Tensor, target: Tensor, pred: Tensor, valid: Tensor)
 # ------------------------------------------------------------------------------------------ callback
 
 
+def sequence_figures(pl_module: L.LightningModule) -> dict[str, Row]:
+    """`TEMPORAL_COLUMNS` of every test source scored for temporal change, by name: its `TemporalChange` computed
+    here (a collective on every rank; the module's own logging then reuses the cached value), since the
+    figure pairs frames and so has no per-image row to gather."""
+    figures = {}
+    metrics = pl_module.eval_metrics
+    for name in pl_module.source_names("test"):
+        if f"test__{name}" in metrics and "temporal" in metrics[f"test__{name}"]:
+            computed = metrics[f"test__{name}"]["temporal"].compute()
+            figures[name] = {key: float(value) for key, value in computed.items()}
+    return figures
+
+
 class EvaluationReport(Callback):
     """Writes a per-image / per-dataset evaluation report with plots at the end of `test`.
 
@@ -205,6 +219,7 @@ class EvaluationReport(Callback):
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Gather every rank's records (a collective) and write the report on rank 0."""
+        temporal = sequence_figures(pl_module)
         gathered = gather_per_rank((self._rows, self._histograms, [entry[2] for entry in self._worst]))
         if not trainer.is_global_zero:
             return
@@ -212,6 +227,6 @@ class EvaluationReport(Callback):
         histograms = merge_histograms([part[1] for part in gathered])
         worst = sorted((w for part in gathered for w in part[2]), key=lambda w: -w["abs_rel"])[: self.worst_cases]
         datasets = [name for name in pl_module.source_names("test") if any(r["dataset"] == name for r in rows)]
-        write_report(self.out_dir, rows, datasets, histograms, worst, self.depth_bins)
+        write_report(self.out_dir, rows, datasets, histograms, worst, self.depth_bins, temporal)
         if self.baseline is not None:
             write_against_start(self.out_dir, self.baseline, self.drop_tolerance)

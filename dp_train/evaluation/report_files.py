@@ -30,15 +30,18 @@ ALIGNED_COLUMNS = [f"{c}_aligned" for c in ALIGNED_METRIC_NAMES]
 SEAM_COLUMNS = ["seam_ratio", "seam_ratio_gt"]
 """The prediction's and the ground truth's seam ratios (dp_train/evaluation/seams.py): per image its own, per
 dataset pooled from the images' sums (as the logged `seam_ratio`), not a mean of ratios."""
+TEMPORAL_COLUMNS = ["temporal_change", "temporal_pairs"]
+"""A sequence source's temporal change and its number of frame pairs (dp_train/evaluation/temporal.py): per
+dataset only (it pairs frames), from the metric `test` logs; NaN for other sources."""
 IMAGE_COLUMNS = (["dataset", "key", "empty"] + DEPTH_COLUMNS + PRED_FOCAL_COLUMNS + ALIGNED_COLUMNS
                  + ["boundary_f1", "boundary_recall", "f_true", "f_pred", "focal_rel_error"] + SEAM_COLUMNS
                  + THRESHOLD_COLUMNS)
 """Columns of `per_image.csv`; NaN (written empty) where a value does not apply."""
 DATASET_COLUMNS = (["dataset", "n_images", "empty_images"] + DEPTH_COLUMNS + PRED_FOCAL_COLUMNS + ALIGNED_COLUMNS
                    + ["boundary_f1", "boundary_recall", "focal_median_rel_error", "focal_share_below_25",
-                      "focal_share_below_50"] + SEAM_COLUMNS + THRESHOLD_COLUMNS)
-"""Columns of `per_dataset.csv`: image counts, means over images (NaN skipped), focal statistics and the
-pooled seam ratios."""
+                      "focal_share_below_50"] + SEAM_COLUMNS + TEMPORAL_COLUMNS + THRESHOLD_COLUMNS)
+"""Columns of `per_dataset.csv`: image counts, means over images (NaN skipped), focal statistics, the
+pooled seam ratios and a sequence source's temporal change."""
 PLOTS = {
     "bars": "dataset_bars.png",
     "depth": "error_vs_depth.png",
@@ -93,8 +96,9 @@ def pooled_seam_ratios(rows: list[Row]) -> Row:
     return {name: seam_ratio(sums) for name, sums in zip(SEAM_COLUMNS, np.sum(parts, axis=0))}
 
 
-def summarize(rows: list[Row], datasets: list[str]) -> list[Row]:
-    """One `DATASET_COLUMNS` row per dataset: image count, per-image means, focal statistics, seam ratios."""
+def summarize(rows: list[Row], datasets: list[str], temporal: dict[str, Row] | None = None) -> list[Row]:
+    """One `DATASET_COLUMNS` row per dataset: image count, per-image means, focal statistics, seam ratios, and
+    `temporal`'s figures (`TEMPORAL_COLUMNS` by dataset, sequence sources only)."""
     summary = []
     for name in datasets:
         own = [r for r in rows if r["dataset"] == name]
@@ -102,7 +106,8 @@ def summarize(rows: list[Row], datasets: list[str]) -> list[Row]:
                  if c in IMAGE_COLUMNS[3:] and c not in SEAM_COLUMNS}
         empty = sum(r["empty"] for r in own)
         summary.append({"dataset": name, "n_images": len(own), "empty_images": empty} | means
-                       | focal_summary([r["focal_rel_error"] for r in own]) | pooled_seam_ratios(own))
+                       | focal_summary([r["focal_rel_error"] for r in own]) | pooled_seam_ratios(own)
+                       | (temporal or {}).get(name, dict.fromkeys(TEMPORAL_COLUMNS, math.nan)))
     return summary
 
 
@@ -216,6 +221,7 @@ SUMMARY_TABLE = [
     ("boundary recall", "boundary_recall", False), ("focal median rel. error", "focal_median_rel_error", True),
     ("focal < 25 %", "focal_share_below_25", True), ("focal < 50 %", "focal_share_below_50", True),
     ("seam ratio", "seam_ratio", False), ("seam ratio, GT", "seam_ratio_gt", False),
+    ("temporal change", "temporal_change", True),
 ]
 """Columns of report.md's main table: header, `per_dataset.csv` column, shown as a percentage."""
 
@@ -255,6 +261,8 @@ def markdown_report(summary: list[Row], edges_m: np.ndarray, curves: dict[str, n
              "seam ratio: the prediction's change across the patch encoder's window seams over its change elsewhere, "
              "at the network's resolution, pooled over images (1: seams invisible; above 1: visible; \"GT\": the "
              "ground truth's on the same lines, non-sparse only; docs/evaluation.md); "
+             "temporal change: the mean relative change of predicted depth between consecutive frames of a clip "
+             "(`sequence: true` sources; it holds the scene's own motion where the camera or scene moves); "
              "'–': not applicable. Per image, with every metric: [per_image.csv](per_image.csv), per dataset: "
              "[per_dataset.csv](per_dataset.csv).", ""]
     lines += _table(["dataset"] + [h for h, _, _ in SUMMARY_TABLE],
@@ -278,10 +286,11 @@ def markdown_report(summary: list[Row], edges_m: np.ndarray, curves: dict[str, n
 
 
 def write_report(out_dir: Path, rows: list[Row], datasets: list[str], histograms: Histograms, worst: list[Row],
-                 depth_bins: int = 8) -> None:
-    """Write report.md, the CSV files and the plots for the gathered records into `out_dir`."""
+                 depth_bins: int = 8, temporal: dict[str, Row] | None = None) -> None:
+    """Write report.md, the CSV files and the plots for the gathered records into `out_dir` (`temporal`: the
+    sequence sources' `TEMPORAL_COLUMNS`, by dataset)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = summarize(rows, datasets)
+    summary = summarize(rows, datasets, temporal)
     write_csv(out_dir / "per_image.csv", rows, IMAGE_COLUMNS)
     write_csv(out_dir / "per_dataset.csv", summary, DATASET_COLUMNS)
     tables = paper_tables(summary)

@@ -24,9 +24,10 @@ SOURCES = {"synth_a": (0, 3), "synth_b": (500, 3)}
 
 
 def eval_recipe(tmp_path: Path, devices: int = 1, batch_size: int = 2, sources: dict | None = None,
-                depth_range: list[float] | None = None) -> Path:
-    """A tiny-network test recipe over two synthetic sources (`SOURCES` unless given), with the report callback
-    (writing to `tmp_path/report`); the seeded network is the same in every run."""
+                depth_range: list[float] | None = None, sequences: tuple[str, ...] = ()) -> Path:
+    """A tiny-network test recipe over two synthetic sources (`SOURCES` unless given; those named in `sequences`
+    flagged `sequence: true`: keys `synth-<n>` read as frames of one clip), with the report callback (writing to
+    `tmp_path/report`); the seeded network is the same in every run."""
     shards = {name: write_synthetic_shards(tmp_path / name, name, count, size=(64, 64), seed=seed, progress=False)
               for name, (seed, count) in (sources or SOURCES).items()}
     extra = {} if depth_range is None else {"depth_range": depth_range}
@@ -44,7 +45,8 @@ def eval_recipe(tmp_path: Path, devices: int = 1, batch_size: int = 2, sources: 
             "log_images_every_n_val_steps": 0,
         },
         "data": {
-            "test_sources": [{"name": name, "urls": str(path)} | extra for name, path in shards.items()],
+            "test_sources": [{"name": name, "urls": str(path), "sequence": name in sequences} | extra
+                             for name, path in shards.items()],
             "image_size": 512, "batch_size": batch_size, "num_workers": 0, "pin_memory": False,
         },
     }
@@ -108,10 +110,11 @@ def worst_section(report: Path) -> str:
 @pytest.mark.slow
 def test_two_ranks_write_the_report_of_one_process(tmp_path_factory):
     """3 images per source, one per batch, over 2 ranks: rank 1 runs 2 padding batches to keep step with rank 0.
-    The report lists every image once (no padding), with the one-process values, and the same worst cases."""
+    The report lists every image once (no padding), with the one-process values, and the same worst cases; a
+    sequence source's temporal change pairs frames scored on both ranks: the one-process figure, 2 pairs."""
     runs = {devices: tmp_path_factory.mktemp(f"report{devices}") for devices in (1, 2)}
     for devices, run in runs.items():
-        launch(run, "test", eval_recipe(run, devices, batch_size=1))
+        launch(run, "test", eval_recipe(run, devices, batch_size=1, sequences=("synth_a",)))
 
     def by_image(run: Path) -> dict[tuple[str, str], dict[str, str]]:
         rows = read_csv(run / "report" / "per_image.csv")
@@ -129,6 +132,13 @@ def test_two_ranks_write_the_report_of_one_process(tmp_path_factory):
                 assert two[image][column] == value, (image, column)
     per_dataset = {devices: read_csv(run / "report" / "per_dataset.csv") for devices, run in runs.items()}
     assert [r["n_images"] for r in per_dataset[2]] == [r["n_images"] for r in per_dataset[1]]
+    temporal = {devices: {r["dataset"]: (r["temporal_change"], r["temporal_pairs"]) for r in rows}
+                for devices, rows in per_dataset.items()}
+    (change, pairs), other = temporal[1]["synth_a"], temporal[1]["synth_b"]
+    assert math.isfinite(float(change)) and float(pairs) == 2 and other == ("", "")  # not a sequence source
+    assert float(temporal[2]["synth_a"][0]) == pytest.approx(float(change), rel=1e-5)
+    assert temporal[2]["synth_b"] == other
+    assert "temporal change" in (runs[2] / "report" / "report.md").read_text()
     worst = {devices: re.findall(r"\| (synth_[ab] \| \S+) \|", worst_section(run / "report" / "report.md"))
              for devices, run in runs.items()}
     assert len(worst[1]) == 3 and worst[2] == worst[1]

@@ -173,7 +173,7 @@ def test_the_report_has_per_image_and_pooled_per_dataset_seam_columns(tmp_path):
     assert float(summary["seam_ratio_gt"]) == pytest.approx(1.0, rel=RAMP_TOL)
     report = (tmp_path / "report.md").read_text()
     header = next(line for line in report.splitlines() if line.startswith("| dataset |"))
-    assert header.endswith("| seam ratio | seam ratio, GT |")
+    assert header.endswith("| seam ratio | seam ratio, GT | temporal change |")
 
 
 # -------------------------------------------------------------------------------------------- the warning
