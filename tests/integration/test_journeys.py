@@ -363,7 +363,9 @@ def test_evaluate_every_kind_of_converted_set_with_a_report(tmp_path):
 
     kinds = {"middlebury": "depth", "sintel": "depth", "dis5k": "matte", "am2k": "matte", "zoom": "focal",
              "hrwsi": "relative", "kenburns": "relative"}
-    sources = [{"name": name, "urls": f"shards/{name}/{name}.index.json"} for name in kinds]
+    sequences = {"sintel"}  # as recipes/eval.yaml flags it: its frames are a clip's
+    sources = [{"name": name, "urls": f"shards/{name}/{name}.index.json", "sequence": name in sequences}
+               for name in kinds]
     override = tiny_override(work / "tiny_override.yaml", "eval", steps=1, data={"test_sources": sources})
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)
@@ -378,6 +380,7 @@ def test_evaluate_every_kind_of_converted_set_with_a_report(tmp_path):
         assert int(rows[name]["n_images"]) == 2, name
         for metric in KIND_METRICS[kind]:
             assert rows[name][metric] and math.isfinite(float(rows[name][metric])), (name, metric)
+    assert float(rows["sintel"]["temporal_pairs"]) == 1 and math.isfinite(float(rows["sintel"]["temporal_change"]))
     table = (report / "report.md").read_text().split("## ")[0]  # the per-dataset table, before the paper's
     assert all(f"| {name} | 2 |" in table for name in kinds)
     # the paper's tables, for the sets named as the paper's benchmarks
