@@ -365,7 +365,8 @@ def measure_network(args: argparse.Namespace, device: torch.device, report: Repo
 
 def add_plans(args: argparse.Namespace, device: torch.device, report: Report) -> None:
     """Set the planner's prediction (peak GiB; seconds per step at its measured share of the GPU's peak rate by
-    per-GPU batch) beside every measured step: the same network with every parameter trained, one process, no DDP."""
+    per-GPU batch, checkpointing and compiling) beside every measured step: the same network with every parameter
+    trained, one process, no DDP."""
     from dp_train.planning.gpus import GPUS
     from dp_train.planning.planner import GIB, Planner, Setting
 
@@ -374,8 +375,9 @@ def add_plans(args: argparse.Namespace, device: torch.device, report: Report) ->
     name = report.data["environment"]["device"]
     gpu = next((g for key, g in GPUS.items() if key.split("-")[0] in name), None)
     for row in report.data["steps"] + report.data["levers"]:
+        compiled = row.get("compile", False) or row.get("lever") == "regional compile"
         setting = Setting(batch=row["batch"], accumulation=1, gpus=1, precision=row["precision"],
-                          checkpointing=row["ckpt"], strategy="none")
+                          checkpointing=row["ckpt"], strategy="none", compiled=compiled)
         row["planned_gib"] = planner.memory(setting).total / GIB
         row["planned_step_s"] = planner.step_seconds(setting, gpu) if gpu else None
     report.add("notes", f"planned: dp_train/planning, time at the measured share by batch of "

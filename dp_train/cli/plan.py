@@ -3,9 +3,10 @@ training step needs per GPU (parameters, gradients, AdamW state, DDP buckets, ac
 step and for the whole run at a measured (or given) utilisation, whether it fits each GPU and, when it does not
 (or a faster setting would), the nearest setting that does with the same global batch.
 
-The network is traced, not run (dp_train/planning): seconds on a CPU even for depth_pro_l. Memory was within 3 %
-of an H200's measured peak for depth_pro_l at 1536² (results/gpu_h200.md); time assumes the utilisation given
-(default: what that H200 reached eagerly at the same per-GPU batch) and that communication overlaps compute.
+The network is traced, not run (dp_train/planning): about a minute on a CPU for depth_pro_l. Memory was within 4 %
+of an H200's measured peak for depth_pro_l at 1536² (compiled steps held up to 7 % less); time assumes the
+utilisation given (default: what that H200 reached at the same per-GPU batch and checkpointing, compiled or eager as
+the recipe runs) and that communication overlaps compute.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpus", type=int, default=None, help="GPUs in all (default: the recipe's devices x nodes)")
     parser.add_argument("--utilisation", type=float, default=None,
                         help="share of the GPU's peak rate a step achieves (default: as measured on an H200 at the "
-                             "setting's per-GPU batch and checkpointing, 0.18 to 0.32)")
+                             "setting's per-GPU batch, checkpointing and compiling, 0.18 to 0.39)")
 
 
 def read_recipes(paths: list[str]) -> dict[str, Any]:
@@ -42,8 +43,8 @@ def read_recipes(paths: list[str]) -> dict[str, Any]:
 
 
 def setting_of(recipe: dict[str, Any], gpus: int | None) -> Setting:
-    """The recipe's step: per-GPU batch, accumulation for its global batch, GPUs, precision, checkpointing and
-    strategy ('fsdp' for Lightning's ModelParallelStrategy)."""
+    """The recipe's step: per-GPU batch, accumulation for its global batch, GPUs, precision, checkpointing,
+    strategy ('fsdp' for Lightning's ModelParallelStrategy) and regional compile (`model.compile`)."""
     trainer, model, data = recipe.get("trainer") or {}, recipe.get("model") or {}, recipe.get("data") or {}
     devices = trainer.get("devices", 1)
     count = gpus or (devices if isinstance(devices, int) else 1) * trainer.get("num_nodes", 1)
@@ -58,14 +59,15 @@ def setting_of(recipe: dict[str, Any], gpus: int | None) -> Setting:
     return Setting(batch=batch, accumulation=global_batch // (batch * count), gpus=count,
                    precision=str(trainer.get("precision", "32-true")),
                    checkpointing=bool((model.get("network") or {}).get("grad_checkpointing", False)),
-                   strategy="ddp" if strategy == "ddp" or count > 1 and strategy == "auto" else strategy)
+                   strategy="ddp" if strategy == "ddp" or count > 1 and strategy == "auto" else strategy,
+                   compiled=bool(model.get("compile", False)))
 
 
 def describe(setting: Setting) -> str:
-    """One line: batch x GPUs x accumulation, precision, checkpointing, strategy."""
+    """One line: batch x GPUs x accumulation, precision, checkpointing, strategy, compiled or eager."""
     return (f"batch {setting.batch}/GPU x {setting.gpus} GPU x {setting.accumulation} accumulated = "
             f"{setting.global_batch}, {setting.precision}, act. ckpt {'on' if setting.checkpointing else 'off'}, "
-            f"{setting.strategy}")
+            f"{setting.strategy}, {'compiled' if setting.compiled else 'eager'}")
 
 
 def memory_line(planner: Planner, setting: Setting) -> str:
@@ -114,16 +116,18 @@ def plan_text(recipe: dict[str, Any], names: list[str], gpus: int | None, utilis
              f"FLOPs per image (forward + backward{' + recomputation' if setting.checkpointing else ''}): "
              f"{flops / 1e12:.1f} TFLOP",
              f"memory per GPU: {memory_line(planner, setting)} (fits: at most {USABLE_FRACTION:.0%} of the GPU)",
-             f"time: at {share_text(utilisation)} of each GPU's peak dense rate, compute only", ""]
+             f"time: at {share_text(utilisation, setting.compiled)} of each GPU's peak dense rate, compute only", ""]
     return "\n".join(lines + gpu_rows(planner, setting, steps, names, utilisation))
 
 
-def share_text(utilisation: float | None) -> str:
+def share_text(utilisation: float | None, compiled: bool) -> str:
     """How the plan's times were reached: the given share, or the measured share by per-GPU batch."""
     if utilisation is not None:
         return f"{utilisation:.0%}"
-    low, high = min(UTILISATION_BY_BATCH[True].values()), max(UTILISATION_LARGE.values())
-    return f"the share an H200 reached at the same per-GPU batch and checkpointing ({low:.0%} to {high:.0%})"
+    shares = [share for (comp, _), by_batch in UTILISATION_BY_BATCH.items() if comp == compiled
+              for share in by_batch.values()] + [v for (comp, _), v in UTILISATION_LARGE.items() if comp == compiled]
+    return (f"the share an H200 reached {'compiled' if compiled else 'eagerly'} at the same per-GPU batch and "
+            f"checkpointing ({min(shares):.0%} to {max(shares):.0%})")
 
 
 def run(args: argparse.Namespace) -> int:

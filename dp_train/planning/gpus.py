@@ -35,17 +35,24 @@ USABLE_FRACTION = 0.92
 """Share of a GPU's memory a step may plan to use: the CUDA context, cuDNN / cuBLAS workspaces outside the
 allocator and fragmentation take the rest (a margin, not a measurement)."""
 
-UTILISATION_BY_BATCH = {False: {1: 0.22, 2: 0.29, 3: 0.30}, True: {1: 0.18, 2: 0.24, 3: 0.28}}
-"""Share of the peak rate a training step achieves, by activation checkpointing and per-GPU batch (4 and more:
-`UTILISATION_LARGE`): measured on an H200 for depth_pro_l at 1536², eager, bf16-mixed and 16-mixed, as counted
-FLOPs (recomputation included) per second over the datasheet rate, the mean of every measured step
-(results/gpu_h200.md; batch 3 interpolated). Recomputation costs more time than its FLOPs, hence lower shares
-with checkpointing. A GPU with a lower peak rate fills at smaller batches, so elsewhere this errs on the slow
-side; compiled steps ran 15-20 % faster than it says."""
+UTILISATION_BY_BATCH = {
+    (False, False): {1: 0.22, 2: 0.29, 3: 0.30},
+    (False, True): {1: 0.18, 2: 0.24, 3: 0.28},
+    (True, False): {1: 0.23, 2: 0.37, 3: 0.37},
+    (True, True): {1: 0.18, 2: 0.32, 3: 0.35},
+}
+"""Share of the peak rate a training step achieves, by (regional torch.compile, activation checkpointing) and
+per-GPU batch (4 and more: `UTILISATION_LARGE`): measured on an H200 for depth_pro_l at 1536², as counted FLOPs
+(recomputation included) per second over the datasheet rate (results/gpu_h200.md; batch 3 interpolated). Eager:
+the mean of every measured bf16-mixed and 16-mixed step; compiled: the one bf16-mixed run of each. Recomputation
+costs more time than its FLOPs, hence lower shares with checkpointing; compiling gains little at batch 1, where the
+GPU is under-filled, and 17-33 % of a step's time from batch 2. A GPU with a lower peak rate fills at smaller
+batches, so elsewhere this errs on the slow side."""
 
-UTILISATION_LARGE = {False: 0.32, True: 0.31}
+UTILISATION_LARGE = {(False, False): 0.32, (False, True): 0.31, (True, False): 0.38, (True, True): 0.39}
 
 
-def utilisation(batch: int, checkpointing: bool) -> float:
-    """The measured share of the peak rate at a per-GPU `batch`, with or without checkpointing."""
-    return UTILISATION_BY_BATCH[checkpointing].get(batch, UTILISATION_LARGE[checkpointing])
+def utilisation(batch: int, checkpointing: bool, compiled: bool = False) -> float:
+    """The measured share of the peak rate at a per-GPU `batch`, with or without checkpointing and compiling."""
+    key = (compiled, checkpointing)
+    return UTILISATION_BY_BATCH[key].get(batch, UTILISATION_LARGE[key])

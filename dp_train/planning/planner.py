@@ -22,8 +22,9 @@ GIB = 2**30
 
 @dataclass(frozen=True)
 class Setting:
-    """How a step runs: per-GPU batch, gradient accumulation, GPUs, precision, activation checkpointing and
-    strategy ('ddp', or 'fsdp': FSDP2 over all the GPUs; anything else: one process, no wrapper)."""
+    """How a step runs: per-GPU batch, gradient accumulation, GPUs, precision, activation checkpointing,
+    strategy ('ddp', or 'fsdp': FSDP2 over all the GPUs; anything else: one process, no wrapper) and whether the
+    network runs under regional torch.compile (`model.compile`: faster, not planned smaller)."""
 
     batch: int
     accumulation: int
@@ -31,6 +32,7 @@ class Setting:
     precision: str
     checkpointing: bool
     strategy: str
+    compiled: bool = False
 
     @property
     def global_batch(self) -> int:
@@ -112,13 +114,13 @@ class Planner:
 
     def step_seconds(self, setting: Setting, gpu: Gpu, share: float | None = None) -> float | None:
         """Seconds per optimizer step (accumulated micro-steps, compute only, communication assumed overlapped) at
-        `share` of the GPU's peak rate (None: the share measured at the setting's per-GPU batch and
-        checkpointing); None when the GPU has no tensor cores for the precision."""
+        `share` of the GPU's peak rate (None: the share measured at the setting's per-GPU batch, checkpointing
+        and compiling); None when the GPU has no tensor cores for the precision."""
         rate = gpu.rate(setting.precision)
         if rate is None:
             return None
         _, flops = self.step_bytes_and_flops(setting.batch, setting.precision, setting.checkpointing)
-        share = share or utilisation(setting.batch, setting.checkpointing)
+        share = share or utilisation(setting.batch, setting.checkpointing, setting.compiled)
         return setting.accumulation * flops / (rate * 1e12 * share)
 
     def fits(self, setting: Setting, gpu: Gpu) -> bool:

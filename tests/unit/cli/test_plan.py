@@ -20,13 +20,15 @@ def plan(*args: str) -> subprocess.CompletedProcess:
 
 def test_plan_prints_the_step_memory_and_a_row_per_gpu_with_gpus_changing_only_the_accumulation(tmp_path):
     """One run (each traces the network): the recipe read as `fit` reads it, with a layered recipe's global
-    batch split over 4 GPUs by accumulation, the step's memory by part, and one row per requested GPU."""
+    batch split over 4 GPUs by accumulation and its `model.compile` timed at the compiled shares, the step's memory
+    by part, and one row per requested GPU."""
     recipe = tmp_path / "sixteen.yaml"
-    recipe.write_text("data: {global_batch_size: 16}\n")
+    recipe.write_text("data: {global_batch_size: 16}\nmodel: {compile: true}\n")
     proc = plan("--recipe", str(QUICKSTART), "--recipe", str(recipe), "--gpus", "4",
                 "--gpu", "A100-40GB", "--gpu", "V100-32GB")
     assert proc.returncode == 0, proc.stderr
-    assert "step: batch 2/GPU x 4 GPU x 2 accumulated = 16, 32-true, act. ckpt off" in proc.stdout
+    assert "step: batch 2/GPU x 4 GPU x 2 accumulated = 16, 32-true, act. ckpt off, ddp, compiled" in proc.stdout
+    assert "the share an H200 reached compiled" in proc.stdout
     assert "400 steps" in proc.stdout and "memory per GPU: parameters" in proc.stdout
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| A100-40GB") or line.startswith("| V100")]
     assert len(rows) == 2 and all("| yes |" in row for row in rows)

@@ -3,6 +3,7 @@ counted layer by layer from the layers' shapes, and the arithmetic of what each 
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from dp_train.model import DepthProConfig, build_depth_pro
-from dp_train.planning.gpus import GPUS
+from dp_train.planning.gpus import GPUS, utilisation
 from dp_train.planning.planner import Planner, Setting, alternatives, best_fitting
 from dp_train.planning.trace import fake_network, trace_step
 from tests.helpers.cli import child_env
@@ -109,6 +110,24 @@ def test_counted_flops_agree_with_the_layers_shapes():
     layers, attention, no_input_gradient = layer_flops(build_depth_pro(CFG),
                                                        torch.rand(1, 3, CFG.img_size, CFG.img_size))
     assert traced == 3 * layers - no_input_gradient + 3.5 * attention
+
+
+RECOMPUTE_SHARE = 14.1 / 58.3
+"""depth_pro_l's recomputed TFLOP per image under checkpointing over its forward + backward (results/gpu_h200.md)."""
+
+
+def test_planned_step_times_reproduce_every_h200_step_eager_and_compiled_within_15_percent():
+    """The shares the planner times steps with (by per-GPU batch, checkpointing and compiling) give back every
+    step the H200 measured, both runs and both precisions, within the issue's 15 %: a compiled recipe is not
+    planned at eager speed (17-33 % slower from batch 2) nor an eager one at compiled speed."""
+    rows = [row for run in sorted((REPO / "results" / "gpu").glob("h200_run*.json"))
+            for row in json.loads(run.read_text())["steps"] if "step_s" in row]
+    assert {row["compile"] for row in rows} == {False, True} and len(rows) >= 20
+    for row in rows:
+        counted = row["tflops"] * row["step_s"] * (1 + RECOMPUTE_SHARE * row["ckpt"])
+        planned = counted / (GPUS["H200-141GB"].rate(row["precision"]) * utilisation(row["batch"], row["ckpt"],
+                                                                                     row["compile"]))
+        assert abs(planned - row["step_s"]) <= 0.15 * row["step_s"], row
 
 
 def test_memory_parts_follow_the_strategy():
