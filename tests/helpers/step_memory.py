@@ -6,9 +6,10 @@ the network, so it counts the weights, gradients, AdamW state and DDP buckets (o
 (dp_train/planning) does.
 
 Run with glibc's mmap threshold pinned (`MALLOC_MMAP_THRESHOLD_=65536`): every allocation above 64 KiB is then
-mapped on its own and returned when freed, so the resident set follows the live tensors. Two steps run before
-the measured one: AdamW's state appears at the first, and DDP rebuilds its buckets at the second (fresh pages
-count only once written, which a GPU's allocator does not wait for)."""
+mapped on its own and returned when freed, so the resident set follows the live tensors. Steps run before the
+measured one until it is steady: AdamW's state appears at the first, and DDP rebuilds its buckets at the second
+(fresh pages count only once written, which a GPU's allocator does not wait for); one process's and FSDP2's
+second and third steps peaked alike (within 2 MiB)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from dp_train.model import DepthProConfig, build_depth_pro
 from dp_train.model.parallelize import parallelize
 from dp_train.planning.trace import AUTOCAST
 
-WARM_STEPS = 2
+WARM_STEPS = {"ddp": 2, "fsdp": 1, "single": 1}
 
 
 def resident_bytes() -> int:
@@ -62,8 +63,8 @@ def measure(preset: str, vit_img_size: int, batch: int, precision: str, checkpoi
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
     image = torch.rand(batch, 3, size, size)
     dtype = AUTOCAST.get(precision)
-    for step in range(WARM_STEPS + 1):
-        if step == WARM_STEPS:
+    for step in range(WARM_STEPS[strategy] + 1):
+        if step == WARM_STEPS[strategy]:
             reset_peak()
         with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             inverse_depth, fov = model(image)
