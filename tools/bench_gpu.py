@@ -290,8 +290,8 @@ def lever_rows(args, network, device, report: Report, clock: Clock, flops: float
         precision = reference_precision(device)
         step = training_step(network, batch, precision, opt, device, channels_last=channels_last)
         figures = time_step(step, device, args.steps)
-        report.add("levers", with_rates(dict(lever=name, batch=batch, precision=precision, ckpt=True), figures,
-                                        flops))
+        row = dict(lever=name, batch=batch, precision=precision, ckpt=True, compile=lever.get("compile", False))
+        report.add("levers", with_rates(row, figures, flops))
         del opt
 
 
@@ -375,9 +375,8 @@ def add_plans(args: argparse.Namespace, device: torch.device, report: Report) ->
     name = report.data["environment"]["device"]
     gpu = next((g for key, g in GPUS.items() if key.split("-")[0] in name), None)
     for row in report.data["steps"] + report.data["levers"]:
-        compiled = row.get("compile", False) or row.get("lever") == "regional compile"
         setting = Setting(batch=row["batch"], accumulation=1, gpus=1, precision=row["precision"],
-                          checkpointing=row["ckpt"], strategy="none", compiled=compiled)
+                          checkpointing=row["ckpt"], strategy="none", compiled=row["compile"])
         row["planned_gib"] = planner.memory(setting).total / GIB
         row["planned_step_s"] = planner.step_seconds(setting, gpu) if gpu else None
     report.add("notes", f"planned: dp_train/planning, time at the measured share by batch of "

@@ -18,7 +18,7 @@ import yaml
 
 from dp_train.cli.recipe_file import check_yaml, merged
 from dp_train.model import DepthProConfig
-from dp_train.planning.gpus import DEFAULT_GPUS, GPUS, USABLE_FRACTION, UTILISATION_BY_BATCH, UTILISATION_LARGE
+from dp_train.planning.gpus import DEFAULT_GPUS, GPUS, USABLE_FRACTION, utilisation_range
 from dp_train.planning.planner import GIB, Planner, Setting, best_fitting
 
 
@@ -124,10 +124,9 @@ def share_text(utilisation: float | None, compiled: bool) -> str:
     """How the plan's times were reached: the given share, or the measured share by per-GPU batch."""
     if utilisation is not None:
         return f"{utilisation:.0%}"
-    shares = [share for (comp, _), by_batch in UTILISATION_BY_BATCH.items() if comp == compiled
-              for share in by_batch.values()] + [v for (comp, _), v in UTILISATION_LARGE.items() if comp == compiled]
+    low, high = utilisation_range(compiled)
     return (f"the share an H200 reached {'compiled' if compiled else 'eagerly'} at the same per-GPU batch and "
-            f"checkpointing ({min(shares):.0%} to {max(shares):.0%})")
+            f"checkpointing ({low:.0%} to {high:.0%})")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -56,3 +56,10 @@ def utilisation(batch: int, checkpointing: bool, compiled: bool = False) -> floa
     """The measured share of the peak rate at a per-GPU `batch`, with or without checkpointing and compiling."""
     key = (compiled, checkpointing)
     return UTILISATION_BY_BATCH[key].get(batch, UTILISATION_LARGE[key])
+
+
+def utilisation_range(compiled: bool) -> tuple[float, float]:
+    """The lowest and highest measured share, compiled or eager, over every batch and checkpointing."""
+    shares = [share for (comp, ckpt), by_batch in UTILISATION_BY_BATCH.items() if comp == compiled
+              for share in [*by_batch.values(), UTILISATION_LARGE[comp, ckpt]]]
+    return min(shares), max(shares)
